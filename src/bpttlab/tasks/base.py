@@ -1,0 +1,133 @@
+"""What every task shares: the batch format, seeding, losses, metrics and the solved test.
+
+A task is a small dataclass (its config) whose ``generate`` is a pure function of the batch
+size and a ``torch.Generator``: the same seed gives the same batch, on the generator's device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bpttlab import validation
+
+TRAIN, VALIDATION = 0, 1
+SEED_LIMIT = 2**30
+
+
+def batch_generator(
+    seed: int, split: int, index: int, device: torch.device | str
+) -> torch.Generator:
+    """A generator for batch ``index`` of ``split``; train and validation seeds never overlap."""
+    if not 0 <= index < 2**32:
+        raise ValueError(f"batch index {index} out of range")
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 2 + split) * 2**32 + index)
+    return generator
+
+
+@dataclass
+class Batch:
+    """A batch of sequences.
+
+    inputs: (B, T) int64 tokens, or (B, T, C) float values.
+    targets: (B, T) int64 classes, or (B, T) float values.
+    mask: (B, T) bool, where the loss is taken; every example has the same count.
+    scored: (B, T) bool, where accuracy is measured (classification tasks), else None.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    mask: Tensor
+    scored: Tensor | None = None
+
+    @property
+    def seq_len(self) -> int:
+        return self.inputs.shape[1]
+
+    def slice(self, start: int, end: int) -> Batch:
+        """Timesteps [start, end) of every sequence."""
+        scored = None if self.scored is None else self.scored[:, start:end]
+        return Batch(
+            self.inputs[:, start:end], self.targets[:, start:end], self.mask[:, start:end], scored
+        )
+
+    @staticmethod
+    def concat(batches: list[Batch]) -> Batch:
+        """Stack batches along the batch dimension."""
+        scored = None if batches[0].scored is None else torch.cat([b.scored for b in batches])
+        return Batch(
+            *(torch.cat([getattr(b, f) for b in batches]) for f in ("inputs", "targets", "mask")),
+            scored,
+        )
+
+
+@dataclass
+class Task:
+    """Base class. Subclasses are dataclasses that set the class attributes and ``generate``."""
+
+    gap: int = 100
+
+    name = "task"
+    classification = True  # cross-entropy over classes; False: mean squared error
+    token_input = True  # integer tokens; False: real-valued channels
+
+    def __post_init__(self) -> None:
+        validation.integer("task.gap", self.gap, 1)
+
+    # -- what a subclass defines -------------------------------------------------------------
+    @property
+    def seq_len(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def input_size(self) -> int:
+        """Vocabulary size (token input) or number of channels."""
+        raise NotImplementedError
+
+    @property
+    def output_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def baseline_loss(self) -> float:
+        """Loss of the best predictor that remembers nothing across the gap."""
+        raise NotImplementedError
+
+    def generate(self, batch_size: int, generator: torch.Generator) -> Batch:
+        raise NotImplementedError
+
+    def solved(self, metrics: dict[str, float]) -> bool:
+        raise NotImplementedError
+
+    def landmarks(self) -> dict[str, tuple[int, int]]:
+        """Spans [start, end) of timesteps where the task puts its information."""
+        return {}
+
+    # -- shared ------------------------------------------------------------------------------
+    def position_losses(self, outputs: Tensor, batch: Batch) -> Tensor:
+        """Loss at every (example, timestep), zero outside the mask: (B, T)."""
+        if self.classification:
+            losses = F.cross_entropy(outputs.transpose(1, 2), batch.targets, reduction="none")
+        else:
+            losses = (outputs[..., 0] - batch.targets).square()
+        return losses * batch.mask
+
+    def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
+        """Mean loss over the masked positions of the batch."""
+        return self.position_losses(outputs, batch).sum() / batch.mask.sum()
+
+    @torch.no_grad()
+    def metrics(self, outputs: Tensor, batch: Batch) -> dict[str, float]:
+        """loss, normalized_loss (loss / baseline), accuracy (classification), solved."""
+        loss = self.loss(outputs, batch).item()
+        metrics = {"loss": loss, "normalized_loss": loss / self.baseline_loss}
+        if self.classification and batch.scored is not None:
+            correct = (outputs.argmax(-1) == batch.targets) & batch.scored
+            metrics["accuracy"] = (correct.sum() / batch.scored.sum()).item()
+        metrics["solved"] = float(math.isfinite(loss) and self.solved(metrics))
+        return metrics

@@ -1,0 +1,151 @@
+"""bpttlab-train: build a run from the Hydra config, fit it, and write what it measured.
+
+    bpttlab-train cell=gru task=adding task.gap=200 bptt.truncation=20 clip=norm
+    bpttlab-train -m cell=rnn,lstm,gru task.gap=50,100,200
+
+Everything reaches code through ``_target_``. A config value that cannot run is reported in
+one line naming its key, before any training, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+import warnings
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bpttlab import validation
+from bpttlab.module import SequenceModule
+
+CONFIG_DIR = str(files("bpttlab.conf"))
+CONFIG_MISTAKES = (ValueError, TypeError, MisconfigurationException, OmegaConfBaseException)
+
+
+def build_module(cfg: DictConfig) -> SequenceModule:
+    """Task, model, optimiser, BPTT schedule and clipping, assembled into a SequenceModule."""
+    seed = validation.integer("seed", cfg.seed, 0)
+    if seed >= 2**30:
+        raise validation.ConfigError("seed", seed, "an integer from 0 to 2**30 - 1")
+    validation.positive("optim.lr", cfg.optim.get("lr"))
+    L.seed_everything(seed, verbose=False)
+    task = _instantiate("task", cfg.task)
+    model = _instantiate(
+        "cell",
+        cfg.cell,
+        input_size=task.input_size,
+        output_size=task.output_size,
+        token_input=task.token_input,
+        t_max=task.seq_len,
+    )
+    make_module = _instantiate("module", cfg.module, _partial_=True)
+    return make_module(
+        model=model,
+        task=task,
+        optimizer=_instantiate("optim", cfg.optim),
+        bptt=_instantiate("bptt", cfg.bptt),
+        clipping=_instantiate("clip", cfg.clip),
+        seed=seed,
+    )
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    chosen = (cfg.get("callbacks") or {}).items()
+    callbacks = [_instantiate(f"callbacks.{k}", v) for k, v in chosen if v is not None]
+    logger = _instantiate("logger", cfg.logger) if cfg.get("logger") else False
+    return _instantiate("trainer", cfg.trainer, logger=logger, callbacks=callbacks)
+
+
+def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate; a bad value becomes a one-line ConfigError on ``key``."""
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as error:
+        cause = error
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, validation.ConfigError):
+            raise cause from None
+        if isinstance(cause, CONFIG_MISTAKES):
+            raise validation.ConfigError.failed(key, cause) from error
+        raise
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one experiment into ``cfg.run_dir``; return the metrics written to metrics.json."""
+    run_dir = Path(cfg.run_dir)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    start = time.perf_counter()
+    try:
+        trainer.fit(module)
+        if module.diverged_at_step is None and module.val_step != trainer.global_step:
+            trainer.validate(module, verbose=False)
+    finally:
+        metrics = summarise(module, trainer, time.perf_counter() - start)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if trainer.global_step > 0:
+            trainer.save_checkpoint(checkpoint, weights_only=False)
+    print(f"run dir: {run_dir}\ntensorboard --logdir {run_dir}")
+    return metrics
+
+
+def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -> dict[str, Any]:
+    """The numbers metrics.json records; non-finite values become null."""
+    val = module.val_metrics
+    loss = val.get("loss")
+    finite = loss is not None and math.isfinite(loss)
+    return {
+        "final_val_loss": loss if finite else None,
+        "baseline_loss": module.task.baseline_loss,
+        "normalized_loss": val["normalized_loss"] if finite else None,
+        "val_accuracy": val.get("accuracy"),
+        "solved": bool(val.get("solved", False)),
+        "solved_at_step": module.solved_at_step,
+        "diverged": module.diverged_at_step is not None,
+        "diverged_at_step": module.diverged_at_step,
+        "steps": trainer.global_step,
+        "sequences": module.batches * module.batch_size,
+        "wall_seconds": round(wall_seconds, 3),
+    }
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    try:
+        metrics = train(cfg)
+    except validation.ConfigError as error:
+        print(f"bpttlab-train: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return metrics.get("normalized_loss")
+
+
+def main() -> None:
+    """Console entry point: check the command line in one line per error, then run Hydra."""
+    try:
+        validation.check_command_line(sys.argv[1:], CONFIG_DIR, "train", build_module)
+    except validation.ConfigError as error:
+        print(f"bpttlab-train: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
