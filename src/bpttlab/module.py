@@ -10,7 +10,7 @@ the fused one and the gradient flowing into every hidden state is kept in ``prob
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import lightning as L
@@ -33,8 +33,7 @@ class Probe:
     ``grads[(kind, layer)]`` is a (T, B, H) tensor: the gradient of the batch-mean training loss
     that flowed into state ``kind`` ("h", or "c" for LSTM) of ``layer`` at each timestep, before
     any per-timestep clipping at that timestep; under TBPTT, summed over the windows that hold
-    the timestep; zero where no gradient arrived. ``parameter_grads`` holds the flattened
-    parameter gradient of each optimiser step, before clipping.
+    the timestep; zero where no gradient arrived.
     """
 
     def __init__(self, step: int, batch_size: int, seq_len: int):
@@ -42,7 +41,6 @@ class Probe:
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.grads: dict[tuple[str, int], Tensor] = {}
-        self.parameter_grads: list[Tensor] = []
 
     def hook(self, trace: Trace, offset: int) -> None:
         """Record the gradient of every state of ``trace``, whose first step is ``offset``."""
@@ -148,55 +146,25 @@ class SequenceModule(L.LightningModule):
         step = self.global_step
         batch = self.train_batch(step)
         probing, self.probe_requested = self.probe_requested, False
-        unrolled = probing or self.clipping.needs_unrolled
-        probe = Probe(step, self.batch_size, self.task.seq_len) if probing else None
+        self.probe = Probe(step, self.batch_size, self.task.seq_len) if probing else None
         optimizer = self.optimizers()
-        total_weight = batch.mask.sum()
-        state: State | None = None
         loss_sum, norm_sum, clipped, updates = 0.0, 0.0, 0, 0
-        for window in self.windows:
-            target_window = batch.slice(window.loss_start, window.end)
-            if not target_window.mask.any():  # nothing to learn here: carry the state only
-                with torch.no_grad():
-                    state = self._run(batch.inputs, state, window, unrolled=False)[1]
-                continue
-            outputs, carried, traces = self._run(batch.inputs, state, window, unrolled)
-            for offset, trace in traces:
-                if probe is not None:
-                    probe.hook(trace, offset)
-                self.clipping.hook_timesteps(trace, self.batch_size)
-            outputs = outputs[:, window.loss_start - window.start :]
-            loss = self.task.position_losses(outputs, target_window).sum() / total_weight
-            if not torch.isfinite(loss):
-                self._diverge(step)
-                return
-            self.manual_backward(loss)
+        for loss in self.backward_windows(batch, self.windows, self.probe):
             norm, was_clipped = self.clipping.clip_parameters(self.model.parameters())
-            if not torch.isfinite(norm):
+            if not (torch.isfinite(loss) and torch.isfinite(norm)):
                 self._diverge(step)
                 return
-            if probe is not None:
-                probe.parameter_grads.append(
-                    torch.cat([p.grad.flatten() for p in self.model.parameters()])
-                )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             norm_sum += norm
             clipped += was_clipped
             updates += 1
-            state = carried
         self.batches += 1
         self.updates += updates
         self.clipped_updates += clipped
-        if probe is not None:
-            self.probe = probe
-        loss = loss_sum
         self.log_dict(
-            {
-                "train/loss": loss,
-                "train/normalized_loss": loss / self.task.baseline_loss,
-            },
+            {"train/loss": loss_sum, "train/normalized_loss": loss_sum / self.task.baseline_loss},
             prog_bar=True,
         )
         self.log_dict(
@@ -206,6 +174,37 @@ class SequenceModule(L.LightningModule):
                 "train/clipped_fraction": self.clipped_updates / self.updates,
             }
         )
+
+    def backward_windows(
+        self, batch: Batch, windows: list[Window], probe: Probe | None = None
+    ) -> Iterator[Tensor]:
+        """Run ``windows`` over ``batch`` in order, backpropagating each window's loss.
+
+        Yields each window's loss after its backward, so the caller can clip and step before
+        the next window runs (TBPTT) or let the gradients add up (a gradient at fixed weights).
+        Window losses are normalised by the whole batch's target count, so they add up to the
+        task's loss. A non-finite loss is yielded without a backward.
+        """
+        unrolled = probe is not None or self.clipping.needs_unrolled
+        total_weight = batch.mask.sum()
+        state: State | None = None
+        for window in windows:
+            targets = batch.slice(window.loss_start, window.end)
+            if not targets.mask.any():  # nothing to learn here: carry the state only
+                with torch.no_grad():
+                    state = self._run(batch.inputs, state, window, unrolled=False)[1]
+                continue
+            outputs, carried, traces = self._run(batch.inputs, state, window, unrolled)
+            for offset, trace in traces:
+                if probe is not None:
+                    probe.hook(trace, offset)
+                self.clipping.hook_timesteps(trace, self.batch_size)
+            outputs = outputs[:, window.loss_start - window.start :]
+            loss = self.task.position_losses(outputs, targets).sum() / total_weight
+            if torch.isfinite(loss):
+                self.manual_backward(loss)
+            yield loss
+            state = carried
 
     def _run(
         self, inputs: Tensor, state: State | None, window: Window, unrolled: bool

@@ -64,6 +64,8 @@ def build_module(cfg: DictConfig) -> SequenceModule:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     chosen = (cfg.get("callbacks") or {}).items()
     callbacks = [_instantiate(f"callbacks.{k}", v) for k, v in chosen if v is not None]
+    if cfg.get("grad_flow"):
+        callbacks.append(_instantiate("grad_flow", cfg.grad_flow))
     logger = _instantiate("logger", cfg.logger) if cfg.get("logger") else False
     return _instantiate("trainer", cfg.trainer, logger=logger, callbacks=callbacks)
 

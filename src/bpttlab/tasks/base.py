@@ -19,14 +19,18 @@ TRAIN, VALIDATION = 0, 1
 SEED_LIMIT = 2**30
 
 
-def batch_generator(
-    seed: int, split: int, index: int, device: torch.device | str
-) -> torch.Generator:
-    """A generator for batch ``index`` of ``split``; train and validation seeds never overlap."""
-    if not 0 <= index < 2**32:
+def batch_generator(seed: int, split: int, index: int, device: torch.device | str) -> torch.Generator:
+    """A generator for batch ``index`` of ``split`` (TRAIN or VALIDATION) of run ``seed``.
+
+    The CPU generator keeps only the low 32 bits of a seed, so the seed is packed into 32 bits:
+    the top bit is the split, so training and validation seeds never overlap; the other 31 bits
+    are ``index`` under a bijection keyed by ``seed``, so the batches of one run never repeat.
+    """
+    if not 0 <= index < 2**31:
         raise ValueError(f"batch index {index} out of range")
+    key = (seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**31
     generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 2 + split) * 2**32 + index)
+    generator.manual_seed((split << 31) | ((index * 0x5851F42D + key) % 2**31))
     return generator
 
 
