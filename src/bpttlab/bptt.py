@@ -2,7 +2,7 @@
 
 TBPTT(k1, k2) as Williams & Peng (1990) and Sutskever (2013) define it: every k1 = update_every
 steps, backpropagate the losses of those k1 steps through the last k2 = truncation steps and
-take one optimiser step. The state entering a window is carried forward from the previous
+take one optimiser step (the last window of a sequence may hold fewer than k1 steps). The state entering a window is carried forward from the previous
 window with its graph cut (detached), so no gradient flows back more than k2 steps. With
 k1 = k2 the windows are disjoint chunks; with k1 < k2 they overlap and the overlapping steps
 are run again. ``truncation=None`` is full BPTT: one window over the whole sequence.
@@ -57,8 +57,8 @@ class BPTT:
         if self.truncation is None:
             return [Window(0, seq_len, 0, seq_len)]
         k1, k2 = self.k1, self.truncation
-        ends = [min(e, seq_len) for e in range(k1, seq_len + k1, k1)]
-        starts = [max(end - k2, 0) for end in ends]
+        loss_starts = list(range(0, seq_len, k1))
+        ends = [min(s + k1, seq_len) for s in loss_starts]
+        starts = [max(s - (k2 - k1), 0) for s in loss_starts]  # k2 steps back from a full k1
         carries = starts[1:] + [ends[-1]]
-        loss_starts = [0] + ends[:-1]
         return [Window(*w) for w in zip(starts, carries, loss_starts, ends, strict=True)]
