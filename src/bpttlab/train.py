@@ -61,6 +61,14 @@ def build_module(cfg: DictConfig) -> SequenceModule:
     )
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Build what a run is made of that can be built without a run dir, to validate ``cfg``."""
+    build_module(cfg)
+    validation.integer("trainer.max_steps", cfg.trainer.get("max_steps"), 1)
+    if cfg.get("grad_flow"):
+        _instantiate("grad_flow", cfg.grad_flow, save_dir=None)
+
+
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     chosen = (cfg.get("callbacks") or {}).items()
     callbacks = [_instantiate(f"callbacks.{k}", v) for k, v in chosen if v is not None]
@@ -142,7 +150,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry point: check the command line in one line per error, then run Hydra."""
     try:
-        validation.check_command_line(sys.argv[1:], CONFIG_DIR, "train", build_module)
+        validation.check_command_line(sys.argv[1:], CONFIG_DIR, "train", check_config)
     except validation.ConfigError as error:
         print(f"bpttlab-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

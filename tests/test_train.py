@@ -1,0 +1,219 @@
+"""The Hydra entry point: every config composes and builds, bad input fails in one line before
+training, and a real run writes its config, metrics, events and checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from bpttlab import validation
+from bpttlab.train import CONFIG_DIR, build_module, build_trainer, check_config, train
+
+GROUPS = ("cell", "task", "bptt", "clip", "optim", "trainer", "logger", "callbacks", "grad_flow")
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
+SMALL = ["cell.hidden_size=8", "module.batch_size=8", "module.val_batches=1", "task.gap=10"]
+CLI = [str(Path(sys.executable).parent / "bpttlab-train")]
+
+
+def config(*overrides: str, run_dir: Path | None = None):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        extra = [f"run_dir={run_dir}"] if run_dir else []
+        return compose(config_name="train", overrides=[*overrides, *extra])
+
+
+def test_config_groups_are_all_listed():
+    """Every config group in conf/ is exercised by the composition test below."""
+    groups = {
+        p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and not p.name.startswith("_")
+    }
+    assert groups - {"hydra", "experiment"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_config_option_composes_and_builds(tmp_path, group, option):
+    """Each option of each group composes with the rest and instantiates into real objects."""
+    extra = ["task.gap=12"] if group == "task" else []
+    cfg = config(f"{group}={option}", *extra, run_dir=tmp_path)
+    check_config(cfg)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg)
+    assert module.task.seq_len > 0 and trainer.max_steps == cfg.trainer.max_steps
+
+
+def test_the_issue_command_builds_what_it_says():
+    """`cell=gru task=adding task.gap=200 bptt.truncation=20 clip=norm clip.threshold=1.0
+    optim.lr=3e-3 seed=1 trainer.max_steps=500` configures exactly that."""
+    cfg = config(
+        *["cell=gru", "task=adding", "task.gap=200", "bptt.truncation=20", "clip=norm", "clip.threshold=1.0"],
+        *["optim.lr=3e-3", "seed=1", "trainer.max_steps=500"],
+    )
+    module = build_module(cfg)
+    assert module.model.cell == "gru" and module.task.seq_len == 200
+    assert module.bptt.truncation == 20 and len(module.windows) == 10
+    assert (module.clipping.mode, module.clipping.threshold) == ("norm", 1.0)
+    assert module.configure_optimizers().defaults["lr"] == 3e-3
+    assert module.seed == 1 and cfg.trainer.max_steps == 500
+
+
+BAD = [
+    ("cell=transformer", "cell"),
+    ("task=sorting", "task"),
+    ("clip=hard", "clip"),
+    ("optim=lbfgs", "optim"),
+    ("task.gap=0", "task.gap"),
+    ("task=copy task.gap=-3", "task.gap"),
+    ("task.gap=abc", "task.gap"),
+    ("bptt.truncation=0", "bptt.truncation"),
+    ("bptt.truncation=20 bptt.update_every=30", "bptt.update_every"),
+    ("bptt.update_every=5", "bptt.update_every"),
+    ("clip.threshold=0", "clip.threshold"),
+    ("clip.threshold=-1", "clip.threshold"),
+    ("clip.mode=sometimes", "clip.mode"),
+    ("cell.hidden_size=0", "cell.hidden_size"),
+    ("cell.num_layers=0", "cell.num_layers"),
+    ("cell.kind=transformer", "cell.kind"),
+    ("cell.nonlinearity=sigmoid", "cell.nonlinearity"),
+    ("cell=lstm cell.nonlinearity=relu", "cell.nonlinearity"),
+    ("cell.init=xavier", "cell.init"),
+    ("cell=lstm cell.init=identity", "cell.init"),
+    ("cell.hiden_size=64", "cell.hiden_size"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.lr=-1e-3", "optim.lr"),
+    ("seed=-1", "seed"),
+    ("module.batch_size=0", "module.batch_size"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("grad_flow.every_n_steps=0", "grad_flow.every_n_steps"),
+    ("task.gap=50,0", "task.gap"),
+    ("cell=rnn,lstm,gur", "cell"),
+]
+
+
+@pytest.mark.parametrize(("line", "key"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_one_line_naming_the_key(line, key):
+    """Each typo-class mistake raises a one-line ConfigError that names the key."""
+    with pytest.raises(validation.ConfigError) as error:
+        validation.check_command_line(line.split(), CONFIG_DIR, "train", check_config)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{key}=")
+    assert "accepts" in message
+
+
+@pytest.mark.parametrize(
+    "line", ["cell=foo", "task.gap=100 bptt.truncation=10 bptt.update_every=20"]
+)
+def test_bad_command_line_exits_2_before_any_run(tmp_path, line):
+    """The real console script prints one line to stderr, exits 2, and creates no run dir."""
+    result = subprocess.run([*CLI, *line.split()], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bpttlab-train: error: ")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_same_config_and_seed_give_the_same_numbers(tmp_path):
+    """Two runs of one config and seed on CPU end with identical metrics and parameters."""
+    overrides = [
+        *SMALL,
+        "task=copy",
+        "trainer.max_steps=12",
+        "trainer.val_check_interval=6",
+        "grad_flow.every_n_steps=5",
+    ]
+    runs = []
+    for name in ("a", "b"):
+        metrics = train(config(*overrides, run_dir=tmp_path / name))
+        state = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)[
+            "state_dict"
+        ]
+        runs.append((metrics, state))
+    (m1, s1), (m2, s2) = runs
+    assert {k: v for k, v in m1.items() if k != "wall_seconds"} == {
+        k: v for k, v in m2.items() if k != "wall_seconds"
+    }
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_divergence_is_recorded_not_raised(tmp_path):
+    """A ReLU RNN with a huge SGD step blows up: the run ends cleanly with diverged: true, the
+    step, null losses, and event files that TensorBoard can read."""
+    overrides = [
+        *SMALL,
+        "cell=rnn",
+        "cell.nonlinearity=relu",
+        "optim=sgd",
+        "optim.lr=1e6",
+        "clip=none",
+    ]
+    metrics = train(config(*overrides, "trainer.max_steps=50", run_dir=tmp_path))
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == metrics
+    assert metrics["diverged"] is True and metrics["diverged_at_step"] is not None
+    assert metrics["final_val_loss"] is None and metrics["steps"] < 50
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "train/diverged" in events.Tags()["scalars"]
+
+
+def test_training_stops_once_solved(tmp_path):
+    """An easy task (delayed recall over 2 steps) is solved, recorded, and ends the run early."""
+    overrides = [
+        *SMALL,
+        "task=delayed_recall",
+        "task.gap=2",
+        "trainer.max_steps=400",
+        "trainer.val_check_interval=10",
+    ]
+    metrics = train(config(*overrides, run_dir=tmp_path))
+    assert metrics["solved"] is True and metrics["val_accuracy"] >= 0.99
+    assert metrics["solved_at_step"] == metrics["steps"] < 400
+
+
+@pytest.mark.slow
+def test_end_to_end_console_script(tmp_path):
+    """`bpttlab-train` in a fresh directory: a run dir under outputs/ with the resolved config,
+    metrics.json, TensorBoard events, gradient profiles and the last checkpoint; it prints the
+    run dir and the tensorboard command."""
+    args = [
+        *SMALL,
+        "task=copy",
+        "bptt.truncation=5",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=3",
+    ]
+    result = subprocess.run(
+        [*CLI, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = (tmp_path / "outputs" / "runs").glob("*/*")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    expected = {"final_val_loss", "baseline_loss", "normalized_loss", "val_accuracy", "solved"}
+    expected |= {"solved_at_step", "diverged", "steps", "wall_seconds"}
+    assert expected <= set(metrics)
+    assert metrics["steps"] == 24  # 6 windows of 5 steps per batch; a batch is never cut short
+    assert metrics["baseline_loss"] == pytest.approx(10 * 2.0794415416798357 / 30)
+    assert OmegaConf.load(run_dir / "config.yaml").task.gap == 10
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((run_dir / "grad_flow").glob("step_*.npz"))
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    assert f"run dir: {run_dir}" in result.stdout
+    assert f"tensorboard --logdir {run_dir}" in result.stdout
+
+
+def test_python_dash_m_is_the_console_script(tmp_path):
+    """`python -m bpttlab.train` is the same entry (checked on its one-line error path)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bpttlab.train", "cell=foo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "cell='foo' is invalid" in result.stderr
