@@ -51,7 +51,14 @@ def test_the_issue_command_builds_what_it_says():
     """`cell=gru task=adding task.gap=200 bptt.truncation=20 clip=norm clip.threshold=1.0
     optim.lr=3e-3 seed=1 trainer.max_steps=500` configures exactly that."""
     cfg = config(
-        *["cell=gru", "task=adding", "task.gap=200", "bptt.truncation=20", "clip=norm", "clip.threshold=1.0"],
+        *[
+            "cell=gru",
+            "task=adding",
+            "task.gap=200",
+            "bptt.truncation=20",
+            "clip=norm",
+            "clip.threshold=1.0",
+        ],
         *["optim.lr=3e-3", "seed=1", "trainer.max_steps=500"],
     )
     module = build_module(cfg)

@@ -63,14 +63,14 @@ class Clipping:
         Returns the global L2 norm of the gradients before clipping, and whether this update
         was clipped (for ``timestep``: whether any delta was clipped since the last call).
         """
-        grads = [p.grad for p in parameters if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)
+        parameters = [p for p in parameters if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
         if self.mode == "norm":
             clipped = bool(norm > self.threshold)
-            torch.nn.utils.clip_grads_with_norm_(grads, self.threshold, norm)
+            torch.nn.utils.clip_grads_with_norm_(parameters, self.threshold, norm)
         elif self.mode == "value":
-            clipped = any(bool(g.abs().max() > self.threshold) for g in grads)
-            torch.nn.utils.clip_grad_value_(grads, self.threshold)
+            clipped = any(bool(p.grad.abs().max() > self.threshold) for p in parameters)
+            torch.nn.utils.clip_grad_value_(parameters, self.threshold)
         else:
             clipped = self.clipped_deltas > 0
         self.clipped_deltas = 0
