@@ -82,8 +82,8 @@ def heatmap_figure(history: np.ndarray, steps: list[int], title: str) -> plt.Fig
     ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
     ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
     ax.set(xlabel="timestep k", ylabel="training step", title=title)
-    fig.colorbar(image, ax=ax, label="log10 norm")
-    fig.tight_layout()
+    fig.colorbar(image, ax=ax, label="log10 norm", pad=0.02)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.16, top=0.9)
     return fig
 
 
@@ -109,7 +109,9 @@ def profile_figure(
         base = name.removeprefix("full ")
         colour = colour_of.setdefault(base, f"C{len(colour_of)}")
         style = "--" if name != base else "-"
-        ax.semilogy(np.where(profile > 0, profile, np.nan), style, color=colour, label=name, linewidth=1.2)
+        ax.semilogy(
+            np.where(profile > 0, profile, np.nan), style, color=colour, label=name, linewidth=1.2
+        )
     colours = plt.cm.Pastel1.colors
     for i, (label, (start, end)) in enumerate(landmarks.items()):
         ax.axvspan(start - 0.5, end - 0.5, color=colours[i % len(colours)], alpha=0.6, label=label)
@@ -122,8 +124,8 @@ def profile_figure(
             label="truncation" if j == 0 else None,
         )
     ax.set(xlabel="timestep k", ylabel="||dL/dh_k||", title=f"gradient through time, step {step}")
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.subplots_adjust(left=0.1, right=0.78, bottom=0.16, top=0.9)
     return fig
 
 
@@ -179,6 +181,19 @@ class GradientFlow(L.Callback):
             )
         if self.save_dir is None:
             self.save_dir = Path(trainer.default_root_dir) / "grad_flow"
+
+    def state_dict(self) -> dict[str, object]:
+        """The probe history, so that a resumed run's heatmaps continue where they stopped."""
+        return {
+            "history": self.history,
+            "history_steps": self.history_steps,
+            "last_probe": self._last_probe,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        self.history = state_dict["history"]
+        self.history_steps = state_dict["history_steps"]
+        self._last_probe = state_dict["last_probe"]
 
     def _due(self, step: int) -> bool:
         if self._last_probe is None:

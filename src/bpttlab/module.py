@@ -163,14 +163,18 @@ class SequenceModule(L.LightningModule):
         self.batches += 1
         self.updates += updates
         self.clipped_updates += clipped
+        if self.batches % self.trainer.log_every_n_steps == 0:  # the batches Lightning writes
+            self._log_training(loss_sum, norm_sum / updates, clipped / updates)
+
+    def _log_training(self, loss: Tensor, grad_norm: Tensor, clipped: float) -> None:
         self.log_dict(
-            {"train/loss": loss_sum, "train/normalized_loss": loss_sum / self.task.baseline_loss},
+            {"train/loss": loss, "train/normalized_loss": loss / self.task.baseline_loss},
             prog_bar=True,
         )
         self.log_dict(
             {
-                "train/grad_norm": norm_sum / updates,
-                "train/clipped": clipped / updates,
+                "train/grad_norm": grad_norm,
+                "train/clipped": clipped,
                 "train/clipped_fraction": self.clipped_updates / self.updates,
             }
         )

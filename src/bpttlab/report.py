@@ -23,25 +23,11 @@ import matplotlib
 import numpy as np
 from omegaconf import OmegaConf
 
+from bpttlab.hparams import KEYS, hyperparameters
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
-HYPERPARAMETERS = {
-    "cell": "cell.kind",
-    "hidden": "cell.hidden_size",
-    "layers": "cell.num_layers",
-    "nonlin": "cell.nonlinearity",
-    "init": "cell.init",
-    "task": "task._target_",
-    "gap": "task.gap",
-    "truncation": "bptt.truncation",
-    "update_every": "bptt.update_every",
-    "clip": "clip.mode",
-    "threshold": "clip.threshold",
-    "optim": "optim._target_",
-    "lr": "optim.lr",
-    "seed": "seed",
-}
 RESULTS = ("solved", "solved_at_step", "normalized_loss", "diverged", "steps")
 
 
@@ -59,17 +45,6 @@ class Run:
         return profiles[-1] if profiles else None
 
 
-def hyperparameters(cfg: Any) -> dict[str, Any]:
-    """The hyperparameters bpttlab reports, read from a run's resolved config."""
-    values = {}
-    for name, key in HYPERPARAMETERS.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, str) and "." in value and name in ("task", "optim"):
-            value = value.rsplit(".", 1)[-1].removesuffix("Task").lower()
-        values[name] = value
-    return values
-
-
 def collect(root: Path) -> list[Run]:
     """Every run below ``root`` that wrote a metrics.json, in directory order."""
     runs = []
@@ -83,12 +58,14 @@ def collect(root: Path) -> list[Run]:
 
 def _natural(path: Path) -> list[Any]:
     """Sort key that puts run 10 after run 9."""
-    return [int(p) if p.isdigit() else p for p in path.parent.name.replace("_", " ").split()] + [str(path)]
+    return [int(p) if p.isdigit() else p for p in path.parent.name.replace("_", " ").split()] + [
+        str(path)
+    ]
 
 
 def varying(runs: list[Run]) -> list[str]:
     """The hyperparameters that differ between runs (all of them for a single run)."""
-    names = list(HYPERPARAMETERS)
+    names = list(KEYS)
     if len(runs) < 2:
         return names
     return [n for n in names if len({json.dumps(r.hparams[n]) for r in runs}) > 1]
@@ -98,7 +75,10 @@ def table(runs: list[Run]) -> tuple[list[str], list[list[Any]]]:
     """Header and rows: run name, varying hyperparameters, results."""
     columns = varying(runs)
     header = ["run", *columns, *RESULTS]
-    rows = [[r.path.name, *(r.hparams[c] for c in columns), *(r.metrics.get(k) for k in RESULTS)] for r in runs]
+    rows = [
+        [r.path.name, *(r.hparams[c] for c in columns), *(r.metrics.get(k) for k in RESULTS)]
+        for r in runs
+    ]
     return header, rows
 
 
@@ -126,7 +106,11 @@ def _line_label(hp: dict[str, Any], keys: list[str]) -> str:
 
 def results_figure(runs: list[Run]) -> plt.Figure:
     """Final normalised loss and solved step against gap; a line per cell (and truncation, clip)."""
-    split = [k for k in ("cell", "init", "truncation", "clip", "task") if k in varying(runs) or k == "cell"]
+    split = [
+        k
+        for k in ("cell", "init", "truncation", "clip", "task")
+        if k in varying(runs) or k == "cell"
+    ]
     lines: dict[str, list[Run]] = {}
     for run in runs:
         lines.setdefault(_line_label(run.hparams, split), []).append(run)
@@ -139,7 +123,11 @@ def results_figure(runs: list[Run]) -> plt.Figure:
         left.plot(gaps, loss, "o-", label=label)
         right.plot(gaps, solved, "o-", label=label)
     left.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="memoryless baseline")
-    left.set(xlabel="gap T", ylabel="final val loss / baseline", title="normalised loss (lower is better)")
+    left.set(
+        xlabel="gap T",
+        ylabel="final val loss / baseline",
+        title="normalised loss (lower is better)",
+    )
     right.set(xlabel="gap T", ylabel="optimiser step", title="solved at step (missing: never)")
     left.legend(fontsize=7)
     fig.tight_layout()
@@ -154,7 +142,9 @@ def profiles_figure(runs: list[Run], state: str = "h_layer0") -> plt.Figure:
     """Each run's last saved ||dL/dh_k|| profile, normalised to its peak, a panel per cell."""
     with_profiles = [r for r in runs if r.profile_path is not None]
     cells = sorted({r.hparams["cell"] for r in with_profiles}) or ["none"]
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), dpi=90, squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, len(cells), figsize=(4.2 * len(cells), 3.4), dpi=90, squeeze=False, sharey=True
+    )
     others = [k for k in varying(with_profiles) if k != "cell"]
     for ax, cell in zip(axes[0], cells, strict=True):
         for run in (r for r in with_profiles if r.hparams["cell"] == cell):
@@ -188,7 +178,9 @@ def report(root: Path, out: Path | None = None) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="bpttlab-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("path", type=Path, help="a multirun (or run) directory")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default PATH/report)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output directory (default PATH/report)"
+    )
     args = parser.parse_args()
     if not args.path.is_dir():
         parser.error(f"{args.path} is not a directory")

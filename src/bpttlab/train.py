@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 import warnings
@@ -21,16 +22,21 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bpttlab import validation
+from bpttlab.hparams import hyperparameters
 from bpttlab.module import SequenceModule
 
 CONFIG_DIR = str(files("bpttlab.conf"))
+DIVERGED_OBJECTIVE = 1e3
 CONFIG_MISTAKES = (ValueError, TypeError, MisconfigurationException, OmegaConfBaseException)
 
 
@@ -101,9 +107,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    resume_from = checkpoint if cfg.get("resume") and checkpoint.exists() else None
     start = time.perf_counter()
     try:
-        trainer.fit(module)
+        trainer.fit(module, ckpt_path=resume_from)
         if module.diverged_at_step is None and module.val_step != trainer.global_step:
             trainer.validate(module, verbose=False)
     finally:
@@ -111,8 +118,47 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if trainer.global_step > 0:
             trainer.save_checkpoint(checkpoint, weights_only=False)
+        log_hparams(trainer, cfg, metrics)
     print(f"run dir: {run_dir}\ntensorboard --logdir {run_dir}")
     return metrics
+
+
+def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """Fill TensorBoard's HPARAMS tab: the run's hyperparameters with its final metrics."""
+    final = {
+        f"hparams/{k}": float(v)
+        for k, v in metrics.items()
+        if isinstance(v, int | float | bool) and v is not None
+    }
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hyperparameters(cfg), final)
+            logger.finalize("success")
+
+
+def objective(metrics: dict[str, Any], name: str) -> float:
+    """The number a sweeper minimises: ``metrics[name]``, or DIVERGED_OBJECTIVE when the run
+    diverged or never measured it (so that a search sees a bad but finite score)."""
+    value = metrics.get(name)
+    if metrics.get("diverged") or value is None or not math.isfinite(float(value)):
+        return DIVERGED_OBJECTIVE
+    return float(value)
+
+
+def torch_threads(cfg: DictConfig) -> int:
+    """Torch threads per run: ``cfg.threads``, or the cores shared out among the jobs that the
+    launcher runs at once (joblib's n_jobs, submitit's cpus_per_task), so N parallel runs do not
+    oversubscribe the machine."""
+    if cfg.get("threads"):
+        return validation.integer("threads", cfg.threads, 1)
+    cores = os.cpu_count() or 1
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else {}
+    if launcher.get("cpus_per_task"):
+        return int(launcher.cpus_per_task)
+    jobs = launcher.get("n_jobs")
+    if jobs is None:
+        return cores
+    return max(1, cores // (cores if jobs < 1 else jobs))
 
 
 def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -> dict[str, Any]:
@@ -139,12 +185,13 @@ def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -
 def _hydra_main(cfg: DictConfig) -> float | None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    torch.set_num_threads(torch_threads(cfg))
     try:
         metrics = train(cfg)
     except validation.ConfigError as error:
         print(f"bpttlab-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    return metrics.get("normalized_loss")
+    return objective(metrics, cfg.optimized_metric)
 
 
 def main() -> None:

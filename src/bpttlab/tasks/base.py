@@ -19,7 +19,9 @@ TRAIN, VALIDATION = 0, 1
 SEED_LIMIT = 2**30
 
 
-def batch_generator(seed: int, split: int, index: int, device: torch.device | str) -> torch.Generator:
+def batch_generator(
+    seed: int, split: int, index: int, device: torch.device | str
+) -> torch.Generator:
     """A generator for batch ``index`` of ``split`` (TRAIN or VALIDATION) of run ``seed``.
 
     The CPU generator keeps only the low 32 bits of a seed, so the seed is packed into 32 bits:
