@@ -23,6 +23,7 @@ import matplotlib
 import numpy as np
 from omegaconf import OmegaConf
 
+from bpttlab.gradflow import load_profile
 from bpttlab.hparams import KEYS, hyperparameters
 
 matplotlib.use("Agg")
@@ -139,7 +140,9 @@ def _number(value: Any) -> float:
 
 
 def profiles_figure(runs: list[Run], state: str = "h_layer0") -> plt.Figure:
-    """Each run's last saved ||dL/dh_k|| profile, normalised to its peak, a panel per cell."""
+    """Each run's last saved ||dL/dh_k|| profile, normalised to its peak, a panel per cell; with
+    one run per cell, its first profile (at initialisation) dashed beside it. The task's
+    landmarks (e.g. the copy symbols and marker) are shaded."""
     with_profiles = [r for r in runs if r.profile_path is not None]
     cells = sorted({r.hparams["cell"] for r in with_profiles}) or ["none"]
     fig, axes = plt.subplots(
@@ -147,16 +150,39 @@ def profiles_figure(runs: list[Run], state: str = "h_layer0") -> plt.Figure:
     )
     others = [k for k in varying(with_profiles) if k != "cell"]
     for ax, cell in zip(axes[0], cells, strict=True):
-        for run in (r for r in with_profiles if r.hparams["cell"] == cell):
-            with np.load(run.profile_path) as data:
+        members = [r for r in with_profiles if r.hparams["cell"] == cell]
+        for i, run in enumerate(members):
+            paths = sorted((run.path / "grad_flow").glob("step_*.npz"))
+            shown = [paths[0], paths[-1]] if len(members) == 1 and len(paths) > 1 else [paths[-1]]
+            for path in shown:
+                data = load_profile(path)
                 profile = data[state]
-                step = int(data["step"])
-            peak = profile.max() if profile.max() > 0 else 1.0
-            label = _line_label(run.hparams, others) + f" (step {step})"
-            ax.semilogy(np.where(profile > 0, profile / peak, np.nan), label=label, linewidth=1.1)
+                peak = profile.max() if profile.max() > 0 else 1.0
+                label = (
+                    _line_label(run.hparams, others) + ", " if others else ""
+                ) + f"step {int(data['step'])}"
+                style = "--" if path != paths[-1] else "-"
+                ax.semilogy(
+                    np.where(profile > 0, profile / peak, np.nan),
+                    style,
+                    color=f"C{i}",
+                    label=label,
+                    linewidth=1.1,
+                )
+            if i == 0:
+                for j, (name, (start, end)) in enumerate(
+                    zip(data["landmark_names"], data["landmark_spans"], strict=True)
+                ):
+                    ax.axvspan(
+                        start - 0.5,
+                        end - 0.5,
+                        color=plt.cm.Pastel1.colors[j % 9],
+                        alpha=0.6,
+                        label=str(name),
+                    )
         ax.set(title=cell, xlabel="timestep k")
         ax.legend(fontsize=6)
-    axes[0][0].set_ylabel("||dL/dh_k|| / max")
+    axes[0][0].set_ylabel("||dL/dh_k|| / its max")
     fig.tight_layout()
     return fig
 
