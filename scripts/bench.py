@@ -35,6 +35,9 @@ the median of its repeats, with warm-up runs excluded, and the ratio of the medi
    fused path (which disables oneDNN on CPU) on adding-task inputs. This is the evidence for
    the fused path's choice of PyTorch's native kernel.
 
+4. Parallel sweeps. One grid of 4 LSTM runs through the real command line, one run after
+   another (basic launcher) against hydra/launcher=joblib with 2 jobs. Target: >= 1.6x.
+
 Every Lightning run logs to a real TensorBoardLogger in a temporary directory, with
 ``log_every_n_steps=10`` as in conf/trainer/default.yaml; no validation, no checkpoints, no
 progress bar. ``--quick`` shrinks every size for a smoke run of under a minute. ``--threads``
@@ -51,6 +54,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -497,6 +501,59 @@ def kernel_choice(cfg: Config) -> dict:
 
 
 # -- report ---------------------------------------------------------------------------------
+def sweep_speedup(quick: bool) -> dict:
+    """Wall time of one 4-run grid through the real command line: the basic launcher (one run
+    after another, torch on every core) against hydra/launcher=joblib with 2 jobs (torch
+    threads per job = cores / 2, as bpttlab sets them). Target: serial / parallel >= 1.6."""
+    steps = 20 if quick else 150
+    grid = [
+        "-m",
+        "cell=lstm",
+        "task=adding",
+        "task.gap=50",
+        "seed=0,1,2,3",
+        f"trainer.max_steps={steps}",
+    ]
+    grid += [
+        "grad_flow.enabled=false",
+        "module.stop_when_solved=false",
+        "trainer.val_check_interval=100000",
+    ]
+    grid += ["trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
+    cli = str(Path(sys.executable).parent / "bpttlab-train")
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, extra in (
+            ("serial", []),
+            ("joblib, 2 jobs", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+        ):
+            progress(f"sweep: {name}")
+            start = time.perf_counter()
+            subprocess.run(
+                [cli, *grid, *extra, f"hydra.sweep.dir={tmp}/{len(times)}"],
+                check=True,
+                capture_output=True,
+            )
+            times[name] = time.perf_counter() - start
+    return {
+        "runs": 4,
+        "steps_per_run": steps,
+        "seconds": times,
+        "speedup": times["serial"] / times["joblib, 2 jobs"],
+    }
+
+
+def print_sweep(r: dict) -> None:
+    print(
+        f"\n4. Parallel sweeps: a grid of {r['runs']} LSTM runs ({r['steps_per_run']} steps each) from the command line"
+    )
+    rows = [[name, f"{seconds:.1f}"] for name, seconds in r["seconds"].items()]
+    print(table(["launcher", "wall s"], rows))
+    print(
+        f"   speedup serial / joblib: {r['speedup']:.2f}  {'met' if r['speedup'] >= 1.6 else 'MISSED'} (>= 1.6)"
+    )
+
+
 def table(headers: list[str], rows: list[list[object]]) -> str:
     """Columns: the first left-aligned, the others right-aligned."""
     cells = [headers, *[[str(c) for c in row] for row in rows]]
@@ -705,6 +762,8 @@ def main(argv: list[str] | None = None) -> None:
     kernels = kernel_choice(cfg)
     print_kernels(kernels)
     print_summary(training, flow, kernels)
+    sweep = sweep_speedup(args.quick)
+    print_sweep(sweep)
 
     elapsed = time.perf_counter() - start
     print(f"\ntotal {elapsed:.0f} s; load average at end {[round(v, 2) for v in os.getloadavg()]}")
@@ -716,6 +775,7 @@ def main(argv: list[str] | None = None) -> None:
             "training": training,
             "gradient_flow": flow,
             "kernels": kernels,
+            "sweep": sweep,
             "seconds": elapsed,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

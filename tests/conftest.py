@@ -63,10 +63,11 @@ def fit(
     callbacks: list[L.Callback] | None = None,
     precision: str = "32-true",
     val_every: int = 10**6,
+    accelerator: str = "cpu",
 ) -> L.Trainer:
     """Fit ``module`` for ``steps`` optimiser steps with a real Trainer and TensorBoard logger."""
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
         precision=precision,
         max_steps=steps,
