@@ -12,7 +12,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from bpttlab import BPTT, Clipping, RecurrentNet, SequenceModule, Task
+from bpttlab import BPTT, Batch, Clipping, RecurrentNet, SequenceModule, Task
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -82,6 +82,52 @@ def fit(
         enable_model_summary=False,
         default_root_dir=str(root),
         log_every_n_steps=1,
+    )
+    trainer.fit(module)
+    return trainer
+
+
+class RecordingSGD(torch.optim.SGD):
+    """Plain SGD with lr=0 (so the weights never change) that keeps a copy of the gradient
+    of every update it is asked to make."""
+
+    def __init__(self, params, record: list):
+        super().__init__(params, lr=0.0)
+        self.record = record
+
+    def step(self, closure=None):
+        self.record.append(
+            [p.grad.detach().clone() for group in self.param_groups for p in group["params"]]
+        )
+        return super().step(closure)
+
+
+class RecordingModule(SequenceModule):
+    """SequenceModule that keeps every training batch it draws, for a reference to reuse."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.drawn: list[Batch] = []
+
+    def train_batch(self, index: int) -> Batch:
+        batch = super().train_batch(index)
+        self.drawn.append(batch)
+        return batch
+
+
+def fit_one_batch(module: SequenceModule, root) -> L.Trainer:
+    """One real training step in float64 (inside training_step, so batches are float64 too)."""
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        precision="64-true",
+        default_root_dir=root,
     )
     trainer.fit(module)
     return trainer

@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import math
 
-import lightning as L
 import pytest
 import torch
+from conftest import RecordingModule, RecordingSGD, fit_one_batch
 
 from bpttlab.bptt import BPTT, Window
 from bpttlab.model import RecurrentNet
@@ -137,19 +137,6 @@ def make_module(
     return RecordingModule(model, task, optimizer, bptt=bptt, batch_size=BATCH)
 
 
-class RecordingModule(SequenceModule):
-    """SequenceModule that keeps every training batch it draws, for the reference to reuse."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.drawn: list[Batch] = []
-
-    def train_batch(self, index: int) -> Batch:
-        batch = super().train_batch(index)
-        self.drawn.append(batch)
-        return batch
-
-
 def window_loss(module: SequenceModule, outputs, batch: Batch, window: Window):
     """The loss training_step backpropagates for ``window`` (outputs cover [start, end))."""
     target = batch.slice(window.loss_start, window.end)
@@ -261,38 +248,11 @@ def reference_grads(module: SequenceModule, batch: Batch, cut_before, loss_start
     return dict(zip(params, grads, strict=True))
 
 
-class RecordingSGD(torch.optim.SGD):
-    """Plain SGD with lr=0 (so the weights never change) that keeps a copy of the gradient
-    of every update it is asked to make."""
-
-    def __init__(self, params, record: list):
-        super().__init__(params, lr=0.0)
-        self.record = record
-
-    def step(self, closure=None):
-        self.record.append(
-            [p.grad.detach().clone() for group in self.param_groups for p in group["params"]]
-        )
-        return super().step(closure)
-
-
 def train_one_batch(module: SequenceModule, record: list, tmp_path) -> list[dict]:
     """Run the real training_step on one batch; return the gradients of each update by name."""
     names = [n for n, _ in module.model.named_parameters()]
     before = [p.detach().clone() for p in module.model.parameters()]
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        precision="64-true",  # float64 inside training_step, so real-valued batches are too
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module)
+    fit_one_batch(module, tmp_path)
     assert module.batches == 1 and module.updates == len(record)
     for a, b in zip(before, module.model.parameters(), strict=True):
         assert torch.equal(a, b)  # lr = 0: every update saw the same weights

@@ -9,16 +9,15 @@ from __future__ import annotations
 import functools
 import math
 
-import lightning as L
 import pytest
 import torch
+from conftest import RecordingModule, RecordingSGD, fit_one_batch
 from torch import nn
 
 from bpttlab.bptt import BPTT
 from bpttlab.clipping import Clipping
 from bpttlab.model import RecurrentNet
-from bpttlab.module import SequenceModule
-from bpttlab.tasks import AddingTask, Batch
+from bpttlab.tasks import AddingTask
 from bpttlab.validation import ConfigError
 
 
@@ -347,34 +346,7 @@ def test_timestep_clipping_covers_every_state_of_gated_cells(kind):
 # -- through the training step --------------------------------------------------------------
 
 
-class RecordingSGD(torch.optim.SGD):
-    """SGD with lr=0 that keeps a copy of the gradient of every update."""
-
-    def __init__(self, params, record: list):
-        super().__init__(params, lr=0.0)
-        self.record = record
-
-    def step(self, closure=None):
-        self.record.append(
-            [p.grad.detach().clone() for group in self.param_groups for p in group["params"]]
-        )
-        return super().step(closure)
-
-
-class RecordingModule(SequenceModule):
-    """SequenceModule that keeps every training batch it draws."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.drawn: list[Batch] = []
-
-    def train_batch(self, index: int) -> Batch:
-        batch = super().train_batch(index)
-        self.drawn.append(batch)
-        return batch
-
-
-def fit_one_batch(net: RecurrentNet, threshold: float, root):
+def clipped_step(net: RecurrentNet, threshold: float, root):
     """One real training step (full BPTT, adding task, timestep clipping) on ``net``; returns
     the module and the gradients of its updates."""
     record: list = []
@@ -386,19 +358,7 @@ def fit_one_batch(net: RecurrentNet, threshold: float, root):
         clipping=Clipping(mode="timestep", threshold=threshold),
         batch_size=B,
     )
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        precision="64-true",  # float64 inside training_step, so the batch is float64 too
-        default_root_dir=root,
-    )
-    trainer.fit(module)
+    fit_one_batch(module, root)
     return module, record
 
 
@@ -408,7 +368,7 @@ def test_training_step_applies_timestep_clipping(tmp_path):
     update as clipped; with a threshold above every delta it applies the unclipped gradient
     and counts nothing."""
     net = make_rnn()
-    loose, loose_record = fit_one_batch(net, 1e6, tmp_path)
+    loose, loose_record = clipped_step(net, 1e6, tmp_path)
     (batch,) = loose.drawn
     assert batch.inputs.dtype == torch.float64
     unclipped, _, _ = explicit_clipped_backward(net, batch.inputs, batch.targets, [T - 1], 1e6)
@@ -418,7 +378,7 @@ def test_training_step_applies_timestep_clipping(tmp_path):
     assert loose.updates == 1 and loose.clipped_updates == 0
 
     threshold = pick_threshold(net, batch.inputs, batch.targets, [T - 1])
-    tight, tight_record = fit_one_batch(net, threshold, tmp_path)  # same seed: the same batch
+    tight, tight_record = clipped_step(net, threshold, tmp_path)  # same seed: the same batch
     (same,) = tight.drawn
     assert torch.equal(same.inputs, batch.inputs)
     expected, _, _ = explicit_clipped_backward(net, batch.inputs, batch.targets, [T - 1], threshold)
