@@ -184,15 +184,16 @@ class GradientFlow(L.Callback):
 
     def state_dict(self) -> dict[str, object]:
         """The probe history, so that a resumed run's heatmaps continue where they stopped."""
+        history = {name: torch.from_numpy(np.stack(rows)) for name, rows in self.history.items()}
         return {
-            "history": self.history,
+            "history": history,
             "history_steps": self.history_steps,
             "last_probe": self._last_probe,
         }
 
     def load_state_dict(self, state_dict: dict[str, object]) -> None:
-        self.history = state_dict["history"]
-        self.history_steps = state_dict["history_steps"]
+        self.history = {name: list(rows.numpy()) for name, rows in state_dict["history"].items()}
+        self.history_steps = list(state_dict["history_steps"])
         self._last_probe = state_dict["last_probe"]
 
     def _due(self, step: int) -> bool:
