@@ -727,7 +727,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--sections",
+        default="training,gradflow,kernels,sweep",
+        help="comma-separated subset of training,gradflow,kernels,sweep (default: all)",
+    )
     args = parser.parse_args(argv)
+    args.sections = set(args.sections.split(","))
+    if args.sections - {"training", "gradflow", "kernels", "sweep"}:
+        parser.error(f"unknown --sections {args.sections}")
     for name in ("repeats", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -752,18 +760,24 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
 
     weights = initial_weights(cfg)
-    training = [
-        framework_overhead(cfg, None, cfg.batches_full, weights),
-        framework_overhead(cfg, cfg.truncation, cfg.batches_truncated, weights),
-    ]
-    print_training(training)
-    flow = gradflow_overhead(cfg, weights)
-    print_gradflow(flow)
-    kernels = kernel_choice(cfg)
-    print_kernels(kernels)
-    print_summary(training, flow, kernels)
-    sweep = sweep_speedup(args.quick)
-    print_sweep(sweep)
+    training, flow, kernels, sweep = [], {}, {}, {}
+    if "training" in args.sections:
+        training = [
+            framework_overhead(cfg, None, cfg.batches_full, weights),
+            framework_overhead(cfg, cfg.truncation, cfg.batches_truncated, weights),
+        ]
+        print_training(training)
+    if "gradflow" in args.sections:
+        flow = gradflow_overhead(cfg, weights)
+        print_gradflow(flow)
+    if "kernels" in args.sections:
+        kernels = kernel_choice(cfg)
+        print_kernels(kernels)
+    if training and flow and kernels:
+        print_summary(training, flow, kernels)
+    if "sweep" in args.sections:
+        sweep = sweep_speedup(args.quick)
+        print_sweep(sweep)
 
     elapsed = time.perf_counter() - start
     print(f"\ntotal {elapsed:.0f} s; load average at end {[round(v, 2) for v in os.getloadavg()]}")

@@ -208,7 +208,11 @@ def test_end_to_end_console_script(tmp_path):
     assert metrics["steps"] == 24  # 6 windows of 5 steps per batch; a batch is never cut short
     assert metrics["baseline_loss"] == pytest.approx(10 * 2.0794415416798357 / 30)
     assert OmegaConf.load(run_dir / "config.yaml").task.gap == 10
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [18, 24]  # x-axis: optimiser steps
     assert list((run_dir / "grad_flow").glob("step_*.npz"))
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     assert f"run dir: {run_dir}" in result.stdout

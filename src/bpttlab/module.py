@@ -176,6 +176,7 @@ class SequenceModule(L.LightningModule):
                 "train/grad_norm": grad_norm,
                 "train/clipped": clipped,
                 "train/clipped_fraction": self.clipped_updates / self.updates,
+                "step": float(self.global_step),  # TensorBoard's x-axis: optimiser steps
             }
         )
 
@@ -231,7 +232,7 @@ class SequenceModule(L.LightningModule):
         """A non-finite loss or gradient ends the run as a result, not a crash."""
         self.optimizers().zero_grad(set_to_none=True)
         self.diverged_at_step = step
-        self.log("train/diverged", 1.0)
+        self.log_dict({"train/diverged": 1.0, "step": float(step)})
         self.trainer.should_stop = True
 
     # -- validation --------------------------------------------------------------------------
@@ -250,7 +251,7 @@ class SequenceModule(L.LightningModule):
         metrics = self.task.metrics(outputs, batch)
         self.val_metrics = metrics
         self.val_step = self.global_step
-        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=False)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()} | {"step": float(self.global_step)})
         if self.trainer.sanity_checking:
             return
         if metrics["solved"] and self.solved_at_step is None:

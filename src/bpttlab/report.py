@@ -5,8 +5,9 @@
 Reads every run dir below PATH that holds a metrics.json (with its config.yaml and grad_flow/
 profiles) and writes, into DIR (default PATH/report): report.md and report.csv (one row per
 run: the hyperparameters that vary, solved, solved_at_step, final normalised loss, diverged),
-results.png (normalised loss and solved step against gap, a line per cell and truncation) and
-profiles.png (each run's last saved gradient profile, overlaid, a panel per cell).
+results.png (normalised loss and solved step against gap, a line per cell and truncation),
+curves.png (validation normalised loss against step, a line per run) and profiles.png (each
+run's last saved gradient profile, a panel per cell).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bpttlab.gradflow import load_profile
 from bpttlab.hparams import KEYS, hyperparameters
@@ -139,6 +141,29 @@ def _number(value: Any) -> float:
     return float(value) if value is not None else math.nan
 
 
+def curves_figure(runs: list[Run], tag: str = "val/normalized_loss") -> plt.Figure:
+    """Validation normalised loss against optimiser step, a line per run (from its events)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=90)
+    keys = varying(runs)
+    for run in runs:
+        events = EventAccumulator(str(run.path / "tensorboard"))
+        events.Reload()
+        points = events.Scalars(tag) if tag in events.Tags().get("scalars", []) else []
+        label = _line_label(run.hparams, keys)
+        if run.metrics.get("diverged"):
+            label += f" (diverged at step {run.metrics.get('diverged_at_step')})"
+        ax.plot(
+            [p.step for p in points], [p.value for p in points], "o-", markersize=2, label=label
+        )
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="memoryless baseline")
+    ax.set(
+        xlabel="optimiser step", ylabel="val loss / baseline", title="learning curves", yscale="log"
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def profiles_figure(runs: list[Run], state: str = "h_layer0") -> plt.Figure:
     """Each run's last saved ||dL/dh_k|| profile, normalised to its peak, a panel per cell; with
     one run per cell, its first profile (at initialisation) dashed beside it. The task's
@@ -196,6 +221,7 @@ def report(root: Path, out: Path | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_tables(runs, out)
     results_figure(runs).savefig(out / "results.png")
+    curves_figure(runs).savefig(out / "curves.png")
     profiles_figure(runs).savefig(out / "profiles.png")
     plt.close("all")
     return out
@@ -211,7 +237,8 @@ def main() -> None:
     if not args.path.is_dir():
         parser.error(f"{args.path} is not a directory")
     out = report(args.path, args.out)
-    print(f"report: {out / 'report.md'}\nfigures: {out / 'results.png'}, {out / 'profiles.png'}")
+    figures = ", ".join(str(out / f) for f in ("results.png", "curves.png", "profiles.png"))
+    print(f"report: {out / 'report.md'}\nfigures: {figures}")
 
 
 if __name__ == "__main__":
