@@ -228,3 +228,9 @@ def test_python_dash_m_is_the_console_script(tmp_path):
         text=True,
     )
     assert result.returncode == 2 and "cell='foo' is invalid" in result.stderr
+
+
+def test_progress_bar_can_be_switched_off(tmp_path):
+    """trainer.enable_progress_bar=false drops the progress-bar callback instead of failing."""
+    trainer = build_trainer(config("trainer.enable_progress_bar=false", run_dir=tmp_path))
+    assert trainer.progress_bar_callback is None

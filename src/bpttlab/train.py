@@ -27,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -78,6 +79,8 @@ def check_config(cfg: DictConfig) -> None:
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     chosen = (cfg.get("callbacks") or {}).items()
     callbacks = [_instantiate(f"callbacks.{k}", v) for k, v in chosen if v is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if cfg.get("grad_flow"):
         callbacks.append(_instantiate("grad_flow", cfg.grad_flow))
     logger = _instantiate("logger", cfg.logger) if cfg.get("logger") else False
