@@ -188,6 +188,8 @@ def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -
 def _hydra_main(cfg: DictConfig) -> float | None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    # Checkpoints are taken after a batch's optimiser steps, which is what resuming needs.
+    warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
     torch.set_num_threads(torch_threads(cfg))
     try:
         metrics = train(cfg)
