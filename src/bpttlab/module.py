@@ -251,7 +251,9 @@ class SequenceModule(L.LightningModule):
         metrics = self.task.metrics(outputs, batch)
         self.val_metrics = metrics
         self.val_step = self.global_step
-        self.log_dict({f"val/{k}": v for k, v in metrics.items()} | {"step": float(self.global_step)})
+        self.log_dict(
+            {f"val/{k}": v for k, v in metrics.items()} | {"step": float(self.global_step)}
+        )
         if self.trainer.sanity_checking:
             return
         if metrics["solved"] and self.solved_at_step is None:

@@ -63,6 +63,17 @@ class Batch:
         )
 
     @staticmethod
+    def answered_at_end(inputs: Tensor, answers: Tensor, scored: bool = True) -> Batch:
+        """A batch whose targets are ``answers`` (B, n) at its last n steps, where the loss (and,
+        if ``scored``, accuracy) is taken; zero targets elsewhere."""
+        n = answers.shape[1]
+        targets = answers.new_zeros(inputs.shape[:2])
+        targets[:, -n:] = answers
+        mask = torch.zeros(inputs.shape[:2], dtype=torch.bool, device=inputs.device)
+        mask[:, -n:] = True
+        return Batch(inputs, targets, mask, mask.clone() if scored else None)
+
+    @staticmethod
     def concat(batches: list[Batch]) -> Batch:
         """Stack batches along the batch dimension."""
         scored = None if batches[0].scored is None else torch.cat([b.scored for b in batches])
@@ -108,7 +119,8 @@ class Task:
         raise NotImplementedError
 
     def solved(self, metrics: dict[str, float]) -> bool:
-        raise NotImplementedError
+        """Classification tasks: accuracy >= 0.99 where it is scored. Regression tasks override."""
+        return metrics["accuracy"] >= 0.99
 
     def landmarks(self) -> dict[str, tuple[int, int]]:
         """Spans [start, end) of timesteps where the task puts its information."""

@@ -70,14 +70,7 @@ class TemporalOrderTask(Task):
         rows = torch.arange(batch_size, device=device)
         inputs[rows, first] = d + symbols[:, 0]
         inputs[rows, second] = d + symbols[:, 1]
-        targets = torch.zeros_like(inputs)
-        targets[:, -1] = 2 * symbols[:, 0] + symbols[:, 1]
-        mask = torch.zeros_like(inputs, dtype=torch.bool)
-        mask[:, -1] = True
-        return Batch(inputs, targets, mask, mask.clone())
-
-    def solved(self, metrics: dict[str, float]) -> bool:
-        return metrics["accuracy"] >= 0.99
+        return Batch.answered_at_end(inputs, (2 * symbols[:, 0] + symbols[:, 1])[:, None])
 
     def landmarks(self) -> dict[str, tuple[int, int]]:
         first, second = self.ranges()
