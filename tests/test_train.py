@@ -98,6 +98,8 @@ BAD = [
     ("module.batch_size=0", "module.batch_size"),
     ("trainer.max_steps=0", "trainer.max_steps"),
     ("grad_flow.every_n_steps=0", "grad_flow.every_n_steps"),
+    ("~logger", "grad_flow.enabled"),
+    ("logger=null", "logger"),
     ("task.gap=50,0", "task.gap"),
     ("cell=rnn,lstm,gur", "cell"),
 ]

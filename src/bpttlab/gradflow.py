@@ -154,7 +154,7 @@ class GradientFlow(L.Callback):
 
     def __init__(
         self,
-        every_n_steps: int = 25,
+        every_n_steps: int = 50,
         enabled: bool = True,
         full_reference: bool = False,
         past_threshold: float = 1e-3,

@@ -74,6 +74,10 @@ def check_config(cfg: DictConfig) -> None:
     validation.integer("trainer.max_steps", cfg.trainer.get("max_steps"), 1)
     if cfg.get("grad_flow"):
         _instantiate("grad_flow", cfg.grad_flow, save_dir=None)
+        if cfg.grad_flow.get("enabled") and not cfg.get("logger"):
+            raise validation.ConfigError(
+                "grad_flow.enabled", True, "false when logger is null (it draws to TensorBoard)"
+            )
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

@@ -96,9 +96,13 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
     except MissingConfigException as error:
         group, _, option = (error.missing_cfg_file or "?/?").rpartition("/")
         raise ConfigError(group, option, "one of " + ", ".join(error.options or [])) from None
-    except (HydraException, OmegaConfBaseException) as error:
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
         message = " ".join(str(error).split())
         bad = next((o for o in overrides if o.split("=")[0].lstrip("+~") in message), None)
+        if "Config group override must be" in message:  # a group set to null
+            bad = next((o for o in overrides if o.endswith("=null")), bad)
+            key = (bad or "?=").split("=")[0]
+            raise ConfigError(key, None, f"a config name; drop the group with ~{key}") from None
         key, _, value = (bad or "?=?").partition("=")
         if "not in struct" in message or "Could not override" in message:
             raise ConfigError(
