@@ -237,3 +237,65 @@ def test_progress_bar_can_be_switched_off(tmp_path):
     """trainer.enable_progress_bar=false drops the progress-bar callback instead of failing."""
     trainer = build_trainer(config("trainer.enable_progress_bar=false", run_dir=tmp_path))
     assert trainer.progress_bar_callback is None
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_finds_every_config(tmp_path):
+    """A wheel built from this checkout carries every yaml of conf/, and an install of it (not
+    the checkout) composes the configs: its one-line error lists the cells."""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "-w",
+            str(tmp_path / "wheel"),
+            str(root),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "wheel").glob("bpttlab-*.whl")
+    site = tmp_path / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    shipped = {
+        p.relative_to(site / "bpttlab" / "conf")
+        for p in (site / "bpttlab" / "conf").rglob("*.yaml")
+    }
+    assert shipped == {p.relative_to(root / "conf") for p in (root / "conf").rglob("*.yaml")}
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bpttlab.train", "cell=foo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "cell accepts one of gru, lstm, rnn" in result.stderr
+    assert (
+        str(site)
+        in subprocess.run(
+            [sys.executable, "-c", "import bpttlab; print(bpttlab.__file__)"],
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
