@@ -173,7 +173,7 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
         *SMALL,
         "task=copy",
         "task.gap=6",
-        "trainer.max_steps=60",
+        "trainer.max_steps=200",
         "trainer.val_check_interval=10",
     ]
     args += ["callbacks.checkpoint.every_n_train_steps=5", "grad_flow.every_n_steps=10"]
@@ -184,6 +184,7 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
     deadline = time.monotonic() + 300
     while not (killed / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    time.sleep(0.3)  # let the checkpoint write finish; the run still has far to go
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "metrics.json").exists()  # it really died mid-way
