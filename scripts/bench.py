@@ -60,8 +60,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -72,6 +71,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from bpttlab import BPTT, AddingTask, Clipping, GradientFlow, RecurrentNet, SequenceModule, Window
+from bpttlab.model import onednn
 from bpttlab.tasks import TRAIN, batch_generator
 
 SEED = 0
@@ -122,17 +122,6 @@ QUICK = Config(
 
 
 # -- shared pieces --------------------------------------------------------------------------
-@contextmanager
-def mkldnn(enabled: bool) -> Iterator[None]:
-    """Run the block with oneDNN (mkldnn) enabled or disabled, as the fused path does."""
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = enabled
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
-
-
 def make_model(task: AddingTask, cfg: Config) -> RecurrentNet:
     return RecurrentNet(
         input_size=task.input_size,
@@ -287,11 +276,11 @@ def train_plain(
             if not mask.any():  # (bpttlab also runs the readout here: negligible)
                 with torch.no_grad():
                     x = model.encoder(inputs)
-                    with mkldnn(False):
+                    with onednn(False):
                         state = model.core(x, state)[1]
                 continue
             x = model.encoder(inputs)
-            with mkldnn(False):
+            with onednn(False):
                 hidden, carried = model.core(x, state)
             outputs = model.readout(hidden)[:, w.loss_start - w.start :, 0]
             targets = batch.targets[:, w.loss_start : w.end]
@@ -463,16 +452,16 @@ def kernel_choice(cfg: Config) -> dict:
     net = make_model(task, cfg)
     inputs = task.generate(cfg.batch, batch_generator(SEED, TRAIN, 0, "cpu")).inputs
 
-    def lstm_step(onednn: bool) -> None:
-        with mkldnn(onednn):
+    def lstm_step(enabled: bool) -> None:
+        with onednn(enabled):
             lstm(x)[0].sum().backward()
 
     def net_step(unrolled: bool) -> None:
         net(inputs, unrolled=unrolled)[0].sum().backward()
 
-    def lstm_node(onednn: bool) -> str:
+    def lstm_node(enabled: bool) -> str:
         """The autograd node nn.LSTM's output comes from: which kernel ran."""
-        with mkldnn(onednn):
+        with onednn(enabled):
             node = lstm(x)[0].grad_fn
         while type(node).__name__ == "TransposeBackward0":
             node = node.next_functions[0][0]

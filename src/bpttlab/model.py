@@ -56,12 +56,10 @@ def detach_state(state: State | None) -> State | None:
 
 
 @contextmanager
-def _native_cpu_kernel(device: torch.device) -> Iterator[None]:
-    if device.type != "cpu":
-        yield
-        return
+def onednn(enabled: bool) -> Iterator[None]:
+    """Run the block with PyTorch's oneDNN (mkldnn) CPU kernels enabled or disabled."""
     previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    torch.backends.mkldnn.enabled = enabled
     try:
         yield
     finally:
@@ -176,7 +174,7 @@ class RecurrentNet(nn.Module):
         if unrolled:
             hidden, final, trace = self._unrolled(x, state)
         else:
-            with _native_cpu_kernel(x.device):
+            with onednn(enabled=x.device.type != "cpu"):  # CPU: the native kernel
                 hidden, final = self.core(x, state)
             trace = None
         return self.readout(hidden), final, trace

@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from bpttlab import validation
 from bpttlab.hparams import hyperparameters
 from bpttlab.module import SequenceModule
+from bpttlab.tasks.base import SEED_LIMIT
 
 CONFIG_DIR = str(files("bpttlab.conf"))
 DIVERGED_OBJECTIVE = 1e3
@@ -44,8 +45,8 @@ CONFIG_MISTAKES = (ValueError, TypeError, MisconfigurationException, OmegaConfBa
 def build_module(cfg: DictConfig) -> SequenceModule:
     """Task, model, optimiser, BPTT schedule and clipping, assembled into a SequenceModule."""
     seed = validation.integer("seed", cfg.seed, 0)
-    if seed >= 2**30:
-        raise validation.ConfigError("seed", seed, "an integer from 0 to 2**30 - 1")
+    if seed >= SEED_LIMIT:
+        raise validation.ConfigError("seed", seed, f"an integer from 0 to {SEED_LIMIT - 1}")
     validation.positive("optim.lr", cfg.optim.get("lr"))
     L.seed_everything(seed, verbose=False)
     task = _instantiate("task", cfg.task)

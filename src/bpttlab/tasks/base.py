@@ -16,7 +16,7 @@ from torch import Tensor
 from bpttlab import validation
 
 TRAIN, VALIDATION = 0, 1
-SEED_LIMIT = 2**30
+SEED_LIMIT = 2**30  # run seeds accepted: 0 .. SEED_LIMIT - 1
 
 
 def batch_generator(
@@ -50,10 +50,6 @@ class Batch:
     targets: Tensor
     mask: Tensor
     scored: Tensor | None = None
-
-    @property
-    def seq_len(self) -> int:
-        return self.inputs.shape[1]
 
     def slice(self, start: int, end: int) -> Batch:
         """Timesteps [start, end) of every sequence."""
