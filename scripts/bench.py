@@ -71,7 +71,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from bpttlab import BPTT, AddingTask, Clipping, GradientFlow, RecurrentNet, SequenceModule, Window
-from bpttlab.model import onednn
+from bpttlab.cells.torch_recurrence import onednn
 from bpttlab.tasks import TRAIN, batch_generator
 
 SEED = 0
@@ -173,11 +173,11 @@ class LoopTimer(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: SequenceModule) -> None:
         self.batches: list[float] = []
-        self.probed: list[bool] = []
+        self.steps: list[int] = []
         self.start = time.perf_counter()
 
     def on_train_batch_start(self, trainer, pl_module: SequenceModule, batch, batch_idx) -> None:
-        self.probed.append(pl_module.probe_requested)
+        self.steps.append(trainer.global_step)
         self.batch_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -228,7 +228,8 @@ def fit_bpttlab(
     fit = time.perf_counter() - start
     if module.batches != batches:
         raise RuntimeError(f"bpttlab trained {module.batches} batches, not {batches}")
-    return Timing(timer.seconds, fit, timer.batches, timer.probed)
+    probed = {step for c in callbacks if isinstance(c, GradientFlow) for step in c.history_steps}
+    return Timing(timer.seconds, fit, timer.batches, [s in probed for s in timer.steps])
 
 
 def run_bpttlab(
@@ -277,11 +278,11 @@ def train_plain(
                 with torch.no_grad():
                     x = model.encoder(inputs)
                     with onednn(False):
-                        state = model.core(x, state)[1]
+                        state = model.layers[0].rnn(x, state)[1]
                 continue
             x = model.encoder(inputs)
             with onednn(False):
-                hidden, carried = model.core(x, state)
+                hidden, carried = model.layers[0].rnn(x, state)
             outputs = model.readout(hidden)[:, w.loss_start - w.start :, 0]
             targets = batch.targets[:, w.loss_start : w.end]
             loss = ((outputs - targets).square() * mask).sum() / total
@@ -512,7 +513,7 @@ def sweep_speedup(quick: bool) -> list[dict]:
     for grid_name, (overrides, full_steps) in SWEEP_GRIDS.items():
         steps = 20 if quick else full_steps
         grid = ["-m", "cell=lstm", *overrides, "seed=0,1,2,3", f"trainer.max_steps={steps}"]
-        grid += ["grad_flow.enabled=false", "module.stop_when_solved=false"]
+        grid += ["~callbacks.grad_flow", "module.stop_when_solved=false"]
         grid += ["trainer.val_check_interval=100000", "trainer.enable_progress_bar=false"]
         times = {}
         with tempfile.TemporaryDirectory() as tmp:

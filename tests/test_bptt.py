@@ -1,6 +1,6 @@
 """BPTT schedules (BPTT.windows) and the gradients SequenceModule computes from them.
 
-The gradient tests drive the real module: ``SequenceModule._run`` directly, and the whole
+The gradient tests drive the real module: ``bptt.run_window`` directly, and the whole
 ``training_step`` through a one-batch ``Trainer.fit`` whose optimiser is SGD with lr=0 that keeps
 a copy of the gradient of every update. They are compared, in float64, with an explicit tanh
 recurrence written here with plain tensors.
@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import RecordingModule, RecordingSGD, fit_one_batch
 
-from bpttlab.bptt import BPTT, Window
+from bpttlab.bptt import BPTT, Window, run_window
 from bpttlab.model import RecurrentNet
 from bpttlab.module import SequenceModule
 from bpttlab.tasks import AddingTask, Batch, CopyTask, Task
@@ -80,13 +80,13 @@ def test_tbptt_window_invariants(seq_len):
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [
-        ({"truncation": 0}, "bptt.truncation"),
-        ({"truncation": -3}, "bptt.truncation"),
-        ({"truncation": 2.5}, "bptt.truncation"),
-        ({"truncation": True}, "bptt.truncation"),
-        ({"truncation": 4, "update_every": 0}, "bptt.update_every"),
-        ({"truncation": 4, "update_every": 5}, "bptt.update_every"),
-        ({"update_every": 2}, "bptt.update_every"),
+        ({"truncation": 0}, "truncation"),
+        ({"truncation": -3}, "truncation"),
+        ({"truncation": 2.5}, "truncation"),
+        ({"truncation": True}, "truncation"),
+        ({"truncation": 4, "update_every": 0}, "update_every"),
+        ({"truncation": 4, "update_every": 5}, "update_every"),
+        ({"update_every": 2}, "update_every"),
     ],
 )
 def test_invalid_bptt_raises_config_error(kwargs, key):
@@ -148,7 +148,7 @@ def window_loss(module: SequenceModule, outputs, batch: Batch, window: Window):
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 def test_run_reproduces_the_uninterrupted_forward(kind, schedule, unrolled):
-    """Carrying each window's state into the next, _run's outputs over [start, end) and its
+    """Carrying each window's state into the next, run_window's outputs over [start, end) and its
     carried state equal those of one uninterrupted run over the whole sequence."""
     module = make_module(kind, SCHEDULES[schedule], num_layers=2)
     batch = module.train_batch(0)  # copy task: integer tokens
@@ -156,7 +156,9 @@ def test_run_reproduces_the_uninterrupted_forward(kind, schedule, unrolled):
         full_outputs = module.model(batch.inputs)[0]
         state = None
         for window in module.windows:
-            outputs, carried, traces = module._run(batch.inputs, state, window, unrolled)
+            outputs, carried, traces = run_window(
+                module.model, batch.inputs, state, window, unrolled
+            )
             assert outputs.shape == (BATCH, window.end - window.start, module.task.output_size)
             torch.testing.assert_close(
                 outputs, full_outputs[:, window.start : window.end], atol=1e-12, rtol=0
@@ -166,11 +168,8 @@ def test_run_reproduces_the_uninterrupted_forward(kind, schedule, unrolled):
                 state = carried
                 continue
             expected = module.model(batch.inputs[:, : window.carry])[1]
-            for a, b in zip(
-                carried if kind == "lstm" else (carried,),
-                expected if kind == "lstm" else (expected,),
-                strict=True,
-            ):
+            assert len(carried) == len(expected) == 2  # layers
+            for a, b in zip(sum(carried, ()), sum(expected, ()), strict=True):
                 torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
             assert bool(traces) == unrolled
             state = carried
@@ -179,7 +178,7 @@ def test_run_reproduces_the_uninterrupted_forward(kind, schedule, unrolled):
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 def test_run_cuts_gradient_at_window_start(kind, schedule):
-    """Driving _run (unrolled) over the module's windows with the state carried: each window's
+    """Driving run_window (unrolled) over the module's windows with the state carried: each window's
     loss has a gradient of exactly zero w.r.t. every hidden state computed before the window's
     start, and a non-zero one w.r.t. every state (h, and c for LSTM) inside [start, end); with
     full BPTT that is every state from t = 0."""
@@ -188,8 +187,10 @@ def test_run_cuts_gradient_at_window_start(kind, schedule):
     earlier: list[tuple[int, torch.Tensor]] = []  # (timestep, state) of previous windows
     state = None
     for window in module.windows:
-        outputs, carried, traces = module._run(batch.inputs, state, window, unrolled=True)
-        offsets = [(offset, len(trace.h[0])) for offset, trace in traces]
+        outputs, carried, traces = run_window(
+            module.model, batch.inputs, state, window, unrolled=True
+        )
+        offsets = [(offset, len(trace["h"][0])) for offset, trace in traces]
         assert offsets[0][0] == window.start
         assert sum(n for _, n in offsets) == window.end - window.start
         inside = [(offset + t, s) for offset, trace in traces for _, _, t, s in trace.states()]
@@ -214,7 +215,7 @@ def reference_outputs(model: RecurrentNet, params: dict, inputs, cut_before=()):
     """Explicit tanh-RNN forward with plain tensors: h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1}
     + b_hh) per layer, readout at every step; the state is detached before every step in
     ``cut_before``."""
-    assert model.cell == "rnn" and model.nonlinearity == "tanh"
+    assert model.kind == "rnn" and model.layers[0].nonlinearity == "tanh"
     if model.token_input:
         x = params["encoder.weight"][inputs]
     else:
@@ -227,8 +228,14 @@ def reference_outputs(model: RecurrentNet, params: dict, inputs, cut_before=()):
             hs = [h.detach() for h in hs]
         layer_input = x[:, t]
         for layer in range(model.num_layers):
-            w_ih, w_hh = params[f"core.weight_ih_l{layer}"], params[f"core.weight_hh_l{layer}"]
-            b_ih, b_hh = params[f"core.bias_ih_l{layer}"], params[f"core.bias_hh_l{layer}"]
+            w_ih, w_hh = (
+                params[f"layers.{layer}.rnn.weight_ih_l0"],
+                params[f"layers.{layer}.rnn.weight_hh_l0"],
+            )
+            b_ih, b_hh = (
+                params[f"layers.{layer}.rnn.bias_ih_l0"],
+                params[f"layers.{layer}.rnn.bias_hh_l0"],
+            )
             hs[layer] = torch.tanh(layer_input @ w_ih.T + b_ih + hs[layer] @ w_hh.T + b_hh)
             layer_input = hs[layer]
         outputs.append(layer_input @ params["readout.weight"].T + params["readout.bias"])
@@ -317,7 +324,7 @@ def test_tbptt_chunk_gradients_sum_to_detach_every_k(gap, k, num_layers, tmp_pat
     cuts = range(k, seq_len, k)
     assert_grads_close(summed, reference_grads(module, batch, cuts, 0, seq_len))
     full = reference_grads(module, batch, (), 0, task.seq_len)
-    name = "core.weight_hh_l0"
+    name = "layers.0.rnn.weight_hh_l0"
     assert not torch.allclose(summed[name], full[name], atol=1e-6)
 
 

@@ -113,13 +113,13 @@ def test_none_mode_changes_nothing_and_returns_norm():
 @pytest.mark.parametrize(
     ("kwargs", "key"),
     [
-        ({"mode": "foo"}, "clip.mode"),
-        ({"mode": "Norm"}, "clip.mode"),
-        ({"mode": "norm", "threshold": 0}, "clip.threshold"),
-        ({"mode": "norm", "threshold": -1}, "clip.threshold"),
-        ({"mode": "value", "threshold": float("inf")}, "clip.threshold"),
-        ({"mode": "timestep", "threshold": float("nan")}, "clip.threshold"),
-        ({"mode": "norm", "threshold": "1"}, "clip.threshold"),
+        ({"mode": "foo"}, "mode"),
+        ({"mode": "Norm"}, "mode"),
+        ({"mode": "norm", "threshold": 0}, "threshold"),
+        ({"mode": "norm", "threshold": -1}, "threshold"),
+        ({"mode": "value", "threshold": float("inf")}, "threshold"),
+        ({"mode": "timestep", "threshold": float("nan")}, "threshold"),
+        ({"mode": "norm", "threshold": "1"}, "threshold"),
     ],
 )
 def test_invalid_clipping_raises_config_error(kwargs, key):
@@ -131,11 +131,11 @@ def test_invalid_clipping_raises_config_error(kwargs, key):
 
 
 def test_valid_clipping_settings():
-    """Every mode with a positive threshold (int or float) is accepted; only timestep needs the
-    unrolled path."""
+    """Every mode with a positive threshold (int or float) is accepted; only timestep hooks the
+    trace (and so needs the unrolled path)."""
     for mode in ("none", "norm", "value", "timestep"):
         clip = Clipping(mode=mode, threshold=2)
-        assert clip.threshold == 2.0 and clip.needs_unrolled == (mode == "timestep")
+        assert clip.threshold == 2.0 and bool(clip.trace_hooks(4)) == (mode == "timestep")
 
 
 # -- per timestep --------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def make_rnn(scale: float = 2.0, seed: int = 0) -> RecurrentNet:
     net = net.double()
     with torch.no_grad():
         q = torch.linalg.qr(torch.randn(H, H, dtype=torch.float64))[0]
-        net.core.weight_hh_l0.copy_(scale * q)
+        net.layers[0].rnn.weight_hh_l0.copy_(scale * q)
     return net
 
 
@@ -163,7 +163,7 @@ def explicit_clipped_backward(net: RecurrentNet, inputs, targets, loss_steps, th
     deltas), deltas indexed by k."""
     p = {n: w.detach() for n, w in net.named_parameters()}
     w_enc, b_enc = p["encoder.weight"], p["encoder.bias"]
-    w_ih, w_hh = p["core.weight_ih_l0"], p["core.weight_hh_l0"]
+    w_ih, w_hh = p["layers.0.rnn.weight_ih_l0"], p["layers.0.rnn.weight_hh_l0"]
     w_o, b_o = p["readout.weight"], p["readout.bias"]
     batch, steps = inputs.shape[:2]
     x = inputs @ w_enc.T + b_enc
@@ -171,7 +171,12 @@ def explicit_clipped_backward(net: RecurrentNet, inputs, targets, loss_steps, th
     hs, previous = [], []
     for t in range(steps):
         previous.append(h)
-        h = torch.tanh(x[:, t] @ w_ih.T + p["core.bias_ih_l0"] + h @ w_hh.T + p["core.bias_hh_l0"])
+        h = torch.tanh(
+            x[:, t] @ w_ih.T
+            + p["layers.0.rnn.bias_ih_l0"]
+            + h @ w_hh.T
+            + p["layers.0.rnn.bias_hh_l0"]
+        )
         hs.append(h)
     grads = {n: torch.zeros_like(w) for n, w in p.items()}
     direct = {}
@@ -189,10 +194,10 @@ def explicit_clipped_backward(net: RecurrentNet, inputs, targets, loss_steps, th
         delta = torch.where(norms > threshold, delta * (threshold / norms), delta)
         clipped[k] = delta
         da = delta * (1 - hs[k] ** 2)  # gradient of the pre-activation
-        grads["core.weight_hh_l0"] += da.T @ previous[k]
-        grads["core.bias_hh_l0"] += da.sum(0)
-        grads["core.weight_ih_l0"] += da.T @ x[:, k]
-        grads["core.bias_ih_l0"] += da.sum(0)
+        grads["layers.0.rnn.weight_hh_l0"] += da.T @ previous[k]
+        grads["layers.0.rnn.bias_hh_l0"] += da.sum(0)
+        grads["layers.0.rnn.weight_ih_l0"] += da.T @ x[:, k]
+        grads["layers.0.rnn.bias_ih_l0"] += da.sum(0)
         dx = da @ w_ih
         grads["encoder.weight"] += dx.T @ inputs[:, k]
         grads["encoder.bias"] += dx.sum(0)
@@ -229,7 +234,7 @@ def test_explicit_recursion_matches_autograd_without_clipping():
 
 @pytest.mark.parametrize("loss_at", ["last", "every"])
 def test_timestep_clipping_matches_explicit_recursion(loss_at):
-    """mode=timestep: with hooks from hook_timesteps, the parameter gradients equal those of
+    """mode=timestep: with hooks from trace_hooks, the parameter gradients equal those of
     the explicit clipped backward recursion; hooks registered before the clipping see the raw
     deltas of the explicit recursion, hooks after see the clipped ones; no per-example delta
     of the batch-sum loss exceeds the threshold afterwards, deltas under it pass bitwise, and
@@ -243,10 +248,11 @@ def test_timestep_clipping_matches_explicit_recursion(loss_at):
     outputs, _, trace = net(inputs, unrolled=True)
     raw_seen: dict[int, torch.Tensor] = {}
     clipped_seen: dict[int, torch.Tensor] = {}
-    for t, state in enumerate(trace.h[0]):
+    for t, state in enumerate(trace["h"][0]):
         state.register_hook(functools.partial(raw_seen.__setitem__, t))
-    clip.hook_timesteps(trace, batch_size=B)
-    for t, state in enumerate(trace.h[0]):
+    for hook in clip.trace_hooks(batch_size=B):
+        hook(trace, 0)
+    for t, state in enumerate(trace["h"][0]):
         state.register_hook(functools.partial(clipped_seen.__setitem__, t))
     loss = (outputs[:, loss_steps, 0] - targets[:, loss_steps]).square().sum() / B
     loss.backward()
@@ -272,7 +278,9 @@ def test_timestep_clipping_matches_explicit_recursion(loss_at):
     assert n_clipped > 0 and n_kept > 0  # the threshold bites somewhere, not everywhere
 
     unclipped, _, _ = explicit_clipped_backward(net, inputs, targets, loss_steps, math.inf)
-    assert not torch.allclose(expected["core.weight_hh_l0"], unclipped["core.weight_hh_l0"])
+    assert not torch.allclose(
+        expected["layers.0.rnn.weight_hh_l0"], unclipped["layers.0.rnn.weight_hh_l0"]
+    )
 
     assert clip.clipped_deltas == over_steps
     norm, was_clipped = clip.clip_parameters(net.parameters())
@@ -292,7 +300,8 @@ def test_timestep_clipping_above_every_delta_changes_nothing():
         net.zero_grad(set_to_none=True)
         outputs, _, trace = net(inputs, unrolled=True)
         if clip is not None:
-            clip.hook_timesteps(trace, batch_size=B)
+            for hook in clip.trace_hooks(batch_size=B):
+                hook(trace, 0)
         ((outputs[:, -1, 0] - targets[:, -1]).square().sum() / B).backward()
         return [p.grad.clone() for p in net.parameters()]
 
@@ -304,13 +313,14 @@ def test_timestep_clipping_above_every_delta_changes_nothing():
 
 
 @pytest.mark.parametrize("mode", ["none", "norm", "value"])
-def test_hook_timesteps_is_a_no_op_for_other_modes(mode):
-    """hook_timesteps registers nothing outside mode=timestep: the gradient is unchanged."""
+def test_trace_hooks_is_a_no_op_for_other_modes(mode):
+    """trace_hooks registers nothing outside mode=timestep: the gradient is unchanged."""
     net = make_rnn()
     inputs, targets = data()
     outputs, _, trace = net(inputs, unrolled=True)
     clip = Clipping(mode=mode, threshold=1e-9)
-    clip.hook_timesteps(trace, batch_size=B)
+    for hook in clip.trace_hooks(batch_size=B):
+        hook(trace, 0)
     ((outputs[:, -1, 0] - targets[:, -1]).square().sum() / B).backward()
     expected, _, _ = explicit_clipped_backward(net, inputs, targets, [T - 1], math.inf)
     for name, p in net.named_parameters():
@@ -330,7 +340,8 @@ def test_timestep_clipping_covers_every_state_of_gated_cells(kind):
     threshold = 1e-3
     clip = Clipping(mode="timestep", threshold=threshold)
     outputs, _, trace = net(inputs, unrolled=True)
-    clip.hook_timesteps(trace, batch_size=B)
+    for hook in clip.trace_hooks(batch_size=B):
+        hook(trace, 0)
     seen = []
     for key, layer, t, state in trace.states():
         state.register_hook(lambda g, key=(key, layer, t): seen.append((key, g)))
@@ -385,5 +396,7 @@ def test_training_step_applies_timestep_clipping(tmp_path):
     (update,) = tight_record
     for (name, _), g in zip(net.named_parameters(), update, strict=True):
         torch.testing.assert_close(g, expected[name], atol=1e-10, rtol=0, msg=name)
-    assert not torch.allclose(expected["core.weight_hh_l0"], unclipped["core.weight_hh_l0"])
+    assert not torch.allclose(
+        expected["layers.0.rnn.weight_hh_l0"], unclipped["layers.0.rnn.weight_hh_l0"]
+    )
     assert tight.updates == 1 and tight.clipped_updates == 1

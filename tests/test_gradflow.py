@@ -50,8 +50,8 @@ def test_rnn_profile_matches_explicit_jacobian_chain(tmp_path, truncation):
     profile = probe_once(tmp_path, module)["h_layer0"]
 
     x = w["model.encoder.weight"][batch.inputs]
-    W_ih, W_hh = w["model.core.weight_ih_l0"], w["model.core.weight_hh_l0"]
-    bias = w["model.core.bias_ih_l0"] + w["model.core.bias_hh_l0"]
+    W_ih, W_hh = w["model.layers.0.rnn.weight_ih_l0"], w["model.layers.0.rnn.weight_hh_l0"]
+    bias = w["model.layers.0.rnn.bias_ih_l0"] + w["model.layers.0.rnn.bias_hh_l0"]
     h, hs = torch.zeros(4, 6, dtype=torch.float64), []
     for t in range(task.seq_len):
         h = torch.tanh(x[:, t] @ W_ih.T + h @ W_hh.T + bias)
@@ -86,8 +86,11 @@ def test_lstm_profile_matches_zero_leaf_reference(tmp_path):
     }
     layer_input = w["model.encoder.weight"][batch.inputs]
     for layer in (0, 1):
-        W_ih, W_hh = w[f"model.core.weight_ih_l{layer}"], w[f"model.core.weight_hh_l{layer}"]
-        bias = w[f"model.core.bias_ih_l{layer}"] + w[f"model.core.bias_hh_l{layer}"]
+        W_ih, W_hh = (
+            w[f"model.layers.{layer}.rnn.weight_ih_l0"],
+            w[f"model.layers.{layer}.rnn.weight_hh_l0"],
+        )
+        bias = w[f"model.layers.{layer}.rnn.bias_ih_l0"] + w[f"model.layers.{layer}.rnn.bias_hh_l0"]
         h = c = torch.zeros(B, H, dtype=torch.float64)
         outputs = []
         for t in range(T):

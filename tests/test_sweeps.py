@@ -24,7 +24,7 @@ SMALL = [
     "module.val_batches=1",
     "trainer.max_steps=6",
     "trainer.val_check_interval=3",
-    "grad_flow.every_n_steps=3",
+    "callbacks.grad_flow.every_n_steps=3",
     "callbacks.progress_bar=null",
 ]
 
@@ -176,7 +176,7 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
         "trainer.max_steps=200",
         "trainer.val_check_interval=10",
     ]
-    args += ["callbacks.checkpoint.every_n_train_steps=5", "grad_flow.every_n_steps=10"]
+    args += ["callbacks.checkpoint.every_n_train_steps=5", "callbacks.grad_flow.every_n_steps=10"]
     run_cli([*args, "hydra.run.dir=whole"], tmp_path)
 
     killed = tmp_path / "killed"

@@ -123,8 +123,8 @@ def test_bad_task_values_name_their_key():
     from bpttlab.validation import ConfigError
 
     for make, message in (
-        (lambda: CopyTask(gap=0), "task.gap"),
-        (lambda: AddingTask(gap=1), "task.gap"),
+        (lambda: CopyTask(gap=0), "gap"),
+        (lambda: AddingTask(gap=1), "gap"),
     ):
         with pytest.raises(ConfigError, match=message):
             make()

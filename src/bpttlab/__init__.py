@@ -3,39 +3,41 @@
 Reuse the pieces with your own Trainer::
 
     from bpttlab import AddingTask, BPTT, Clipping, RecurrentNet, SequenceModule
+
+Names are imported when first used, so that ``import bpttlab.gradflow.profile`` (say) does not
+load Lightning.
 """
 
-from bpttlab.bptt import BPTT, Window
-from bpttlab.clipping import Clipping
-from bpttlab.gradflow import GradientFlow
-from bpttlab.model import RecurrentNet, Trace
-from bpttlab.module import Probe, SequenceModule
-from bpttlab.tasks import (
-    AddingTask,
-    AssociativeRecallTask,
-    Batch,
-    CopyTask,
-    DelayedRecallTask,
-    Task,
-    TemporalOrderTask,
-    VariableCopyTask,
-)
+from importlib import import_module
 
-__all__ = [
-    "AddingTask",
-    "AssociativeRecallTask",
-    "BPTT",
-    "Batch",
-    "Clipping",
-    "CopyTask",
-    "DelayedRecallTask",
-    "GradientFlow",
-    "Probe",
-    "RecurrentNet",
-    "SequenceModule",
-    "Task",
-    "TemporalOrderTask",
-    "Trace",
-    "VariableCopyTask",
-    "Window",
-]
+_HOMES = {
+    "BPTT": "bpttlab.bptt",
+    "Window": "bpttlab.bptt",
+    "run_windows": "bpttlab.bptt",
+    "CELLS": "bpttlab.cells",
+    "Cell": "bpttlab.cells",
+    "register": "bpttlab.cells",
+    "Clipping": "bpttlab.clipping",
+    "GradientFlow": "bpttlab.gradflow.callback",
+    "Probe": "bpttlab.gradflow.profile",
+    "RecurrentNet": "bpttlab.model",
+    "Trace": "bpttlab.model",
+    "SequenceModule": "bpttlab.module",
+    "AddingTask": "bpttlab.tasks",
+    "AssociativeRecallTask": "bpttlab.tasks",
+    "Batch": "bpttlab.tasks",
+    "BatchSource": "bpttlab.tasks",
+    "CopyTask": "bpttlab.tasks",
+    "DelayedRecallTask": "bpttlab.tasks",
+    "Task": "bpttlab.tasks",
+    "TemporalOrderTask": "bpttlab.tasks",
+    "VariableCopyTask": "bpttlab.tasks",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'bpttlab' has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

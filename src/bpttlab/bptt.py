@@ -6,13 +6,22 @@ take one optimiser step (the last window of a sequence may hold fewer than k1 st
 window with its graph cut (detached), so no gradient flows back more than k2 steps. With
 k1 = k2 the windows are disjoint chunks; with k1 < k2 they overlap and the overlapping steps
 are run again. ``truncation=None`` is full BPTT: one window over the whole sequence.
+
+``run_windows`` runs such a schedule over a batch: for training, and for any caller that wants
+a gradient at fixed weights (the full-BPTT reference of gradient flow, the bench).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
+from torch import Tensor
+
 from bpttlab import validation
+from bpttlab.model import RecurrentNet, State, Trace, detach_state
+from bpttlab.tasks import Batch
 
 
 @dataclass(frozen=True)
@@ -34,18 +43,18 @@ class BPTT:
     update_every: int | None = None  # k1 <= k2; None: the truncation
 
     def __post_init__(self) -> None:
-        validation.integer("bptt.truncation", self.truncation, 1, optional=True)
-        validation.integer("bptt.update_every", self.update_every, 1, optional=True)
+        validation.integer("truncation", self.truncation, 1, optional=True)
+        validation.integer("update_every", self.update_every, 1, optional=True)
         if self.update_every is not None:
             if self.truncation is None:
                 raise validation.ConfigError(
-                    "bptt.update_every", self.update_every, "null when bptt.truncation is null"
+                    "update_every", self.update_every, "null when truncation is null"
                 )
             if self.update_every > self.truncation:
                 raise validation.ConfigError(
-                    "bptt.update_every",
+                    "update_every",
                     self.update_every,
-                    f"an integer from 1 to bptt.truncation={self.truncation}, or null",
+                    f"an integer from 1 to truncation={self.truncation}, or null",
                 )
 
     @property
@@ -62,3 +71,64 @@ class BPTT:
         starts = [max(s - (k2 - k1), 0) for s in loss_starts]  # k2 steps back from a full k1
         carries = starts[1:] + [ends[-1]]
         return [Window(*w) for w in zip(starts, carries, loss_starts, ends, strict=True)]
+
+
+TraceHook = Callable[[Trace, int], None]
+"""Called with the Trace of every unrolled run and the timestep of its first state; registers
+tensor hooks on the states (a gradient probe, per-timestep clipping)."""
+
+
+def run_windows(
+    model: RecurrentNet,
+    batch: Batch,
+    windows: list[Window],
+    position_losses: Callable[[Tensor, Batch], Tensor],
+    trace_hooks: Sequence[TraceHook] = (),
+    backward: Callable[[Tensor], None] = Tensor.backward,
+) -> Iterator[Tensor]:
+    """Run ``windows`` over ``batch`` in order, backpropagating each window's loss.
+
+    Yields each window's loss after its backward, so the caller can clip and step before the
+    next window runs (TBPTT) or let the gradients add up (a gradient at fixed weights). Window
+    losses are normalised by the whole batch's target count, so they add up to the task's loss.
+    With ``trace_hooks`` the windows run on the unrolled path and every hook sees every Trace.
+    A non-finite loss is yielded without a backward.
+    """
+    unrolled = bool(trace_hooks)
+    total_weight = batch.mask.sum()
+    state: State | None = None
+    for window in windows:
+        targets = batch.slice(window.loss_start, window.end)
+        if not targets.mask.any():  # nothing to learn here: carry the state only
+            with torch.no_grad():
+                state = run_window(model, batch.inputs, state, window, unrolled=False)[1]
+            continue
+        outputs, carried, traces = run_window(model, batch.inputs, state, window, unrolled)
+        for offset, trace in traces:
+            for hook in trace_hooks:
+                hook(trace, offset)
+        outputs = outputs[:, window.loss_start - window.start :]
+        loss = position_losses(outputs, targets).sum() / total_weight
+        if torch.isfinite(loss):
+            backward(loss)
+        yield loss
+        state = carried
+
+
+def run_window(
+    model: RecurrentNet, inputs: Tensor, state: State | None, window: Window, unrolled: bool
+) -> tuple[Tensor, State | None, list[tuple[int, Trace]]]:
+    """Run ``window`` from the detached ``state``: (outputs, state at ``carry``, traces with the
+    timestep of their first state)."""
+    state = detach_state(state)
+    outputs, traces, carried = [], [], state
+    for start, end in ((window.start, window.carry), (window.carry, window.end)):
+        if end <= start:
+            continue
+        out, state, trace = model(inputs[:, start:end], state, unrolled=unrolled)
+        outputs.append(out)
+        if trace is not None:
+            traces.append((start, trace))
+        if end == window.carry:
+            carried = state
+    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0], carried, traces

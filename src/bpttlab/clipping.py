@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -33,23 +33,23 @@ class Clipping:
     clipped_deltas: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        validation.choice("clip.mode", self.mode, MODES)
-        self.threshold = validation.positive("clip.threshold", self.threshold)
+        validation.choice("mode", self.mode, MODES)
+        self.threshold = validation.positive("threshold", self.threshold)
 
-    @property
-    def needs_unrolled(self) -> bool:
-        return self.mode == "timestep"
-
-    def hook_timesteps(self, trace: Trace, batch_size: int) -> None:
-        """Register the per-timestep delta clipping on every state of an unrolled trace.
+    def trace_hooks(self, batch_size: int) -> list[Callable[[Trace, int], None]]:
+        """The trace hooks that clip per timestep (none unless mode is ``timestep``).
 
         ``batch_size`` turns the gradient of the batch-mean loss into that of the batch sum.
         """
         if self.mode != "timestep":
-            return
+            return []
         limit = self.threshold / batch_size
-        for _, _, _, state in trace.states():
-            state.register_hook(lambda grad: self._clip_delta(grad, limit))
+
+        def clip_every_state(trace: Trace, offset: int) -> None:
+            for _, _, _, state in trace.states():
+                state.register_hook(lambda grad: self._clip_delta(grad, limit))
+
+        return [clip_every_state]
 
     def _clip_delta(self, grad: Tensor, limit: float) -> Tensor:
         norms = grad.norm(dim=-1, keepdim=True)

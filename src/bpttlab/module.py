@@ -1,64 +1,37 @@
 """SequenceModule: a LightningModule that trains a RecurrentNet on a Task with full or
 truncated BPTT and gradient clipping, by manual optimisation (Lightning 2.x has no TBPTT).
 
-Batches are generated on the module's device from seeds derived from (seed, global step), so a
-run is reproducible and resumable, and training and validation seeds never overlap. On a step
-that a callback has marked for probing (``request_probe``), the unrolled path runs instead of
-the fused one and the gradient flowing into every hidden state is kept in ``probe``.
+Batches come from a BatchSource (a pure function of seed and step, so a run is reproducible and
+resumable); the windows of the BPTT schedule are run by ``bptt.run_windows``. A callback can
+hand the module trace hooks for the next step (``trace_next_step``): that step then runs on the
+unrolled path and the hooks see every state, e.g. to record the gradient flowing into it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator
-from functools import partial
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from bpttlab.bptt import BPTT, Window
+from bpttlab.bptt import BPTT, TraceHook, Window, run_windows
 from bpttlab.clipping import Clipping
-from bpttlab.model import RecurrentNet, State, Trace, detach_state
-from bpttlab.tasks import TRAIN, VALIDATION, Batch, Task, batch_generator
+from bpttlab.model import RecurrentNet
+from bpttlab.tasks import Batch, BatchSource, Task
 from bpttlab.validation import integer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-
-
-class Probe:
-    """Gradients of one probed training step, recorded by tensor hooks during its backward.
-
-    ``grads[(kind, layer)]`` is a (T, B, H) tensor: the gradient of the batch-mean training loss
-    that flowed into state ``kind`` ("h", or "c" for LSTM) of ``layer`` at each timestep, before
-    any per-timestep clipping at that timestep; under TBPTT, summed over the windows that hold
-    the timestep; zero where no gradient arrived.
-    """
-
-    def __init__(self, step: int, batch_size: int, seq_len: int):
-        self.step = step
-        self.batch_size = batch_size
-        self.seq_len = seq_len
-        self.grads: dict[tuple[str, int], Tensor] = {}
-
-    def hook(self, trace: Trace, offset: int) -> None:
-        """Record the gradient of every state of ``trace``, whose first step is ``offset``."""
-        for kind, layer, t, state in trace.states():
-            state.register_hook(partial(self._record, kind, layer, offset + t))
-
-    def _record(self, kind: str, layer: int, t: int, grad: Tensor) -> None:
-        buffer = self.grads.get((kind, layer))
-        if buffer is None:
-            buffer = self.grads[(kind, layer)] = grad.new_zeros(self.seq_len, *grad.shape)
-        buffer[t] += grad
 
 
 class SequenceModule(L.LightningModule):
     """Train ``model`` on ``task``.
 
     Args:
-        model: the network (its fused and unrolled paths share weights).
+        model: the network (its fast and unrolled paths share weights).
         task: the sequence task that generates batches and scores outputs.
         optimizer: a factory ``params -> Optimizer`` (a Hydra ``_partial_``).
         bptt: full or truncated BPTT schedule.
@@ -88,13 +61,11 @@ class SequenceModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.bptt = bptt or BPTT()
         self.clipping = clipping or Clipping(mode="none")
-        self.batch_size = integer("module.batch_size", batch_size, 1)
-        self.val_batches = integer("module.val_batches", val_batches, 1)
-        self.seed = seed
+        self.batch_size = integer("batch_size", batch_size, 1)
+        self.data = BatchSource(task, seed, self.batch_size, integer("val_batches", val_batches, 1))
         self.stop_when_solved = stop_when_solved
         self.windows = self.bptt.windows(task.seq_len)
-        self.probe_requested = False
-        self.probe: Probe | None = None
+        self._next_hooks: list[TraceHook] = []
         self.batches = 0
         self.updates = 0
         self.clipped_updates = 0
@@ -102,28 +73,15 @@ class SequenceModule(L.LightningModule):
         self.val_step: int | None = None
         self.solved_at_step: int | None = None
         self.diverged_at_step: int | None = None
-        self._val_cache: list[Batch] = []
 
     # -- data --------------------------------------------------------------------------------
-    def train_batch(self, index: int) -> Batch:
-        """Training batch ``index`` (the global step at which it is drawn)."""
-        generator = batch_generator(self.seed, TRAIN, index, self.device)
-        return self.task.generate(self.batch_size, generator)
-
-    def val_batch(self, index: int) -> Batch:
-        """Fixed validation batch ``index``, generated once per device."""
-        if len(self._val_cache) <= index or self._val_cache[index].inputs.device != self.device:
-            self._val_cache = [
-                self.task.generate(
-                    self.batch_size, batch_generator(self.seed, VALIDATION, i, self.device)
-                )
-                for i in range(self.val_batches)
-            ]
-        return self._val_cache[index]
+    def train_batch(self, step: int) -> Batch:
+        """The training batch of optimiser step ``step``, on the module's device."""
+        return self.data.train(step, self.device)
 
     def updates_per_batch(self) -> int:
         """Optimiser steps per batch: one per window that holds targets."""
-        mask = self.task.generate(1, batch_generator(self.seed, TRAIN, 0, "cpu")).mask[0]
+        mask = self.data.loss_mask()
         return sum(bool(mask[w.loss_start : w.end].any()) for w in self.windows)
 
     def train_dataloader(self) -> DataLoader:
@@ -132,24 +90,35 @@ class SequenceModule(L.LightningModule):
         return DataLoader(range(math.ceil(max_steps / self.updates_per_batch())), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(range(self.val_batches), batch_size=None)
+        return DataLoader(range(self.data.val_batches), batch_size=None)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.optimizer_factory(self.model.parameters())
+        return self.optimizer_factory(self.model.optimizer_groups())
 
     # -- training ----------------------------------------------------------------------------
-    def request_probe(self) -> None:
-        """Run the next training step on the unrolled path and keep its state gradients."""
-        self.probe_requested = True
+    def trace_next_step(self, hook: TraceHook) -> None:
+        """Run the next training step on the unrolled path, with ``hook`` on every Trace."""
+        self._next_hooks.append(hook)
+
+    def window_losses(self, batch: Batch, windows: list[Window], hooks=()) -> Iterator[Tensor]:
+        """``run_windows`` with this module's loss, backward and per-timestep clipping."""
+        clipping_hooks = self.clipping.trace_hooks(self.batch_size)
+        return run_windows(
+            self.model,
+            batch,
+            windows,
+            self.task.position_losses,
+            trace_hooks=[*hooks, *clipping_hooks],
+            backward=self.manual_backward,
+        )
 
     def training_step(self, _index: int, _batch_idx: int) -> None:
         step = self.global_step
         batch = self.train_batch(step)
-        probing, self.probe_requested = self.probe_requested, False
-        self.probe = Probe(step, self.batch_size, self.task.seq_len) if probing else None
+        hooks, self._next_hooks = self._next_hooks, []
         optimizer = self.optimizers()
         loss_sum, norm_sum, clipped, updates = 0.0, 0.0, 0, 0
-        for loss in self.backward_windows(batch, self.windows, self.probe):
+        for loss in self.window_losses(batch, self.windows, hooks):
             norm, was_clipped = self.clipping.clip_parameters(self.model.parameters())
             if not (torch.isfinite(loss) and torch.isfinite(norm)):
                 self._diverge(step)
@@ -166,6 +135,26 @@ class SequenceModule(L.LightningModule):
         if self.batches % self.trainer.log_every_n_steps == 0:  # the batches Lightning writes
             self._log_training(loss_sum, norm_sum / updates, clipped / updates)
 
+    def full_gradient_reference(self, step: int, hook: TraceHook) -> float:
+        """On the batch of ``step`` at the current weights, run full BPTT with ``hook`` on its
+        traces; return the cosine similarity of the full and the truncated parameter gradients.
+        Leaves no gradient and no clipping count behind."""
+        batch = self.train_batch(step)
+        clipping = dataclasses.replace(self.clipping)  # its own count of clipped deltas
+        parameters = list(self.model.parameters())
+
+        def flat_gradient(windows: list[Window], hooks: list[TraceHook]) -> Tensor:
+            hooks = hooks + clipping.trace_hooks(self.batch_size)
+            for _ in run_windows(self.model, batch, windows, self.task.position_losses, hooks):
+                pass
+            flat = torch.cat([p.grad.flatten() for p in parameters if p.grad is not None])
+            self.model.zero_grad(set_to_none=True)
+            return flat
+
+        full = flat_gradient(BPTT().windows(self.task.seq_len), [hook])
+        truncated = flat_gradient(self.windows, [])
+        return torch.nn.functional.cosine_similarity(full, truncated, dim=0).item()
+
     def _log_training(self, loss: Tensor, grad_norm: Tensor, clipped: float) -> None:
         self.log_dict(
             {"train/loss": loss, "train/normalized_loss": loss / self.task.baseline_loss},
@@ -180,54 +169,6 @@ class SequenceModule(L.LightningModule):
             }
         )
 
-    def backward_windows(
-        self, batch: Batch, windows: list[Window], probe: Probe | None = None
-    ) -> Iterator[Tensor]:
-        """Run ``windows`` over ``batch`` in order, backpropagating each window's loss.
-
-        Yields each window's loss after its backward, so the caller can clip and step before
-        the next window runs (TBPTT) or let the gradients add up (a gradient at fixed weights).
-        Window losses are normalised by the whole batch's target count, so they add up to the
-        task's loss. A non-finite loss is yielded without a backward.
-        """
-        unrolled = probe is not None or self.clipping.needs_unrolled
-        total_weight = batch.mask.sum()
-        state: State | None = None
-        for window in windows:
-            targets = batch.slice(window.loss_start, window.end)
-            if not targets.mask.any():  # nothing to learn here: carry the state only
-                with torch.no_grad():
-                    state = self._run(batch.inputs, state, window, unrolled=False)[1]
-                continue
-            outputs, carried, traces = self._run(batch.inputs, state, window, unrolled)
-            for offset, trace in traces:
-                if probe is not None:
-                    probe.hook(trace, offset)
-                self.clipping.hook_timesteps(trace, self.batch_size)
-            outputs = outputs[:, window.loss_start - window.start :]
-            loss = self.task.position_losses(outputs, targets).sum() / total_weight
-            if torch.isfinite(loss):
-                self.manual_backward(loss)
-            yield loss
-            state = carried
-
-    def _run(
-        self, inputs: Tensor, state: State | None, window: Window, unrolled: bool
-    ) -> tuple[Tensor, State | None, list[tuple[int, Trace]]]:
-        """Run ``window`` from the detached ``state``: (outputs, state at ``carry``, traces)."""
-        state = detach_state(state)
-        outputs, traces, carried = [], [], state
-        for start, end in ((window.start, window.carry), (window.carry, window.end)):
-            if end <= start:
-                continue
-            out, state, trace = self.model(inputs[:, start:end], state, unrolled=unrolled)
-            outputs.append(out)
-            if trace is not None:
-                traces.append((start, trace))
-            if end == window.carry:
-                carried = state
-        return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0], carried, traces
-
     def _diverge(self, step: int) -> None:
         """A non-finite loss or gradient ends the run as a result, not a crash."""
         self.optimizers().zero_grad(set_to_none=True)
@@ -240,8 +181,8 @@ class SequenceModule(L.LightningModule):
         self._val_outputs: list[tuple[Tensor, Batch]] = []
 
     def validation_step(self, index: int, _batch_idx: int) -> None:
-        batch = self.val_batch(index)
-        outputs = self.model(batch.inputs)[0]
+        batch = self.data.validation(index, self.device)
+        outputs = self.model(batch.inputs).outputs
         self._val_outputs.append((outputs, batch))
 
     def on_validation_epoch_end(self) -> None:

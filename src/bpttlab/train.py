@@ -59,26 +59,30 @@ def build_module(cfg: DictConfig) -> SequenceModule:
         t_max=task.seq_len,
     )
     make_module = _instantiate("module", cfg.module, _partial_=True)
-    return make_module(
-        model=model,
-        task=task,
-        optimizer=_instantiate("optim", cfg.optim),
-        bptt=_instantiate("bptt", cfg.bptt),
-        clipping=_instantiate("clip", cfg.clip),
-        seed=seed,
-    )
+    parts = {
+        "optimizer": _instantiate("optim", cfg.optim),
+        "bptt": _instantiate("bptt", cfg.bptt),
+        "clipping": _instantiate("clip", cfg.clip),
+    }
+    try:  # objects, not configs: instantiate would turn them into DictConfigs
+        return make_module(model=model, task=task, seed=seed, **parts)
+    except validation.ConfigError as error:
+        raise error.under("module") from None
 
 
 def check_config(cfg: DictConfig) -> None:
     """Build what a run is made of that can be built without a run dir, to validate ``cfg``."""
     build_module(cfg)
     validation.integer("trainer.max_steps", cfg.trainer.get("max_steps"), 1)
-    if cfg.get("grad_flow"):
-        _instantiate("grad_flow", cfg.grad_flow, save_dir=None)
-        if cfg.grad_flow.get("enabled") and not cfg.get("logger"):
-            raise validation.ConfigError(
-                "grad_flow.enabled", True, "false when logger is null (it draws to TensorBoard)"
-            )
+    grad_flow = (cfg.get("callbacks") or {}).get("grad_flow")
+    if grad_flow is not None:
+        _instantiate("callbacks.grad_flow", grad_flow, save_dir=None)
+    if grad_flow is not None and not cfg.get("logger"):
+        raise validation.ConfigError(
+            "logger",
+            None,
+            "a logger while callbacks.grad_flow is on (drop it with ~callbacks.grad_flow)",
+        )
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -86,8 +90,6 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [_instantiate(f"callbacks.{k}", v) for k, v in chosen if v is not None]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if cfg.get("grad_flow"):
-        callbacks.append(_instantiate("grad_flow", cfg.grad_flow))
     logger = _instantiate("logger", cfg.logger) if cfg.get("logger") else False
     return _instantiate("trainer", cfg.trainer, logger=logger, callbacks=callbacks)
 
@@ -101,7 +103,7 @@ def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
         if isinstance(cause, validation.ConfigError):
-            raise cause from None
+            raise cause.under(key) from None
         if isinstance(cause, CONFIG_MISTAKES):
             raise validation.ConfigError.failed(key, cause) from error
         raise

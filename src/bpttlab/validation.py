@@ -23,6 +23,16 @@ class ConfigError(ValueError):
         self.key = key
         super().__init__(f"{key}={value!r} is invalid: {key} accepts {accepts}")
 
+    def under(self, prefix: str) -> ConfigError:
+        """The same error for a key that lives under ``prefix`` in the config tree."""
+        if self.key == prefix or self.key.startswith(prefix + "."):
+            return self
+        error = ConfigError.__new__(ConfigError)
+        error.key = f"{prefix}.{self.key}"
+        message = str(self).replace(self.key, error.key)
+        ValueError.__init__(error, message)
+        return error
+
     @classmethod
     def failed(cls, key: str, error: BaseException) -> ConfigError:
         """The config under ``key`` could not be built: say why, in one line."""
@@ -31,6 +41,13 @@ class ConfigError(ValueError):
         reason = " ".join(str(error).split()) or type(error).__name__
         ValueError.__init__(self, f"{key}: cannot be built from this config: {reason}")
         return self
+
+
+def boolean(key: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, else raise ConfigError."""
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "true or false")
+    return value
 
 
 def choice(key: str, value: object, choices: Iterable[str]) -> str:
@@ -95,10 +112,12 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
         return compose(config_name=config_name, overrides=overrides)
     except MissingConfigException as error:
         group, _, option = (error.missing_cfg_file or "?/?").rpartition("/")
-        raise ConfigError(group, option, "one of " + ", ".join(error.options or [])) from None
+        options = [o for o in error.options or [] if o != "base"]  # shared part, not an option
+        raise ConfigError(group, option, "one of " + ", ".join(options)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as error:
         message = " ".join(str(error).split())
-        bad = next((o for o in overrides if o.split("=")[0].lstrip("+~") in message), None)
+        keys = sorted(overrides, key=lambda o: -len(o.split("=")[0]))  # most specific first
+        bad = next((o for o in keys if o.split("=")[0].lstrip("+~") in message), None)
         if "Config group override must be" in message:  # a group set to null
             bad = next((o for o in overrides if o.endswith("=null")), bad)
             key = (bad or "?=").split("=")[0]

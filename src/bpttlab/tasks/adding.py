@@ -30,7 +30,7 @@ class AddingTask(Task):
     token_input = False
 
     def __post_init__(self) -> None:
-        validation.integer("task.gap", self.gap, 2)
+        validation.integer("gap", self.gap, 2)
 
     @property
     def seq_len(self) -> int:

@@ -39,9 +39,9 @@ class AssociativeRecallTask(Task):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        validation.integer("task.num_pairs", self.num_pairs, 1)
-        validation.integer("task.num_keys", self.num_keys, self.num_pairs)
-        validation.integer("task.num_values", self.num_values, 2)
+        validation.integer("num_pairs", self.num_pairs, 1)
+        validation.integer("num_keys", self.num_keys, self.num_pairs)
+        validation.integer("num_values", self.num_values, 2)
 
     @property
     def query_start(self) -> int:

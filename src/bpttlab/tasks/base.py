@@ -90,7 +90,7 @@ class Task:
     token_input = True  # integer tokens; False: real-valued channels
 
     def __post_init__(self) -> None:
-        validation.integer("task.gap", self.gap, 1)
+        validation.integer("gap", self.gap, 1)
 
     # -- what a subclass defines -------------------------------------------------------------
     @property

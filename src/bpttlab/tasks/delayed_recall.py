@@ -37,8 +37,8 @@ class DelayedRecallTask(Task):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        validation.integer("task.num_classes", self.num_classes, 2)
-        validation.integer("task.distractors", self.distractors, 1)
+        validation.integer("num_classes", self.num_classes, 2)
+        validation.integer("distractors", self.distractors, 1)
 
     @property
     def marker(self) -> int:

@@ -36,8 +36,8 @@ class TemporalOrderTask(Task):
     name = "temporal_order"
 
     def __post_init__(self) -> None:
-        validation.integer("task.gap", self.gap, 10)
-        validation.integer("task.distractors", self.distractors, 1)
+        validation.integer("gap", self.gap, 10)
+        validation.integer("distractors", self.distractors, 1)
 
     @property
     def seq_len(self) -> int:

@@ -35,9 +35,9 @@ class VariableCopyTask(Task):
     name = "variable_copy"
 
     def __post_init__(self) -> None:
-        validation.integer("task.num_symbols", self.num_symbols, 2)
-        validation.integer("task.recall", self.recall, 1)
-        validation.integer("task.gap", self.gap, self.recall)
+        validation.integer("num_symbols", self.num_symbols, 2)
+        validation.integer("recall", self.recall, 1)
+        validation.integer("gap", self.gap, self.recall)
 
     @property
     def marker(self) -> int:

@@ -1,0 +1,17 @@
+"""Recurrent cells, one module per cell, registered by name (``CELLS``; ``cell=<name>``)."""
+
+from bpttlab.cells.base import CELLS, Cell, LayerState, StepStates, register
+from bpttlab.cells.gru import GRUCell
+from bpttlab.cells.lstm import LSTMCell
+from bpttlab.cells.rnn import RNNCell
+
+__all__ = [
+    "CELLS",
+    "Cell",
+    "GRUCell",
+    "LSTMCell",
+    "LayerState",
+    "RNNCell",
+    "StepStates",
+    "register",
+]

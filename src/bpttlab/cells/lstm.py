@@ -1,0 +1,53 @@
+"""The LSTM (Hochreiter & Schmidhuber 1997, with forget gate): gates i, f, g, o;
+c_t = f c_{t-1} + i g, h_t = o tanh(c_t)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from bpttlab import validation
+from bpttlab.cells.base import LayerState, register
+from bpttlab.cells.torch_recurrence import TorchRecurrence, chrono_bias
+
+INPUT, FORGET, CELL, OUTPUT = range(4)  # torch's gate order
+
+
+@register("lstm")
+class LSTMCell(TorchRecurrence):
+    """LSTM. ``init="chrono"`` draws b_f = log U[1, t_max - 1] and sets b_i = -b_f, every other
+    bias zero; ``forget_bias`` is added to the forget-gate bias after any init."""
+
+    module = nn.LSTM
+    gates = 4
+    inits = ("default", "orthogonal", "chrono")
+    state_names = ("h", "c")
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        t_max: int | None = None,
+        init: str = "default",
+        forget_bias: float | None = None,
+        onednn: bool = False,
+    ):
+        if forget_bias is not None and not isinstance(forget_bias, int | float):
+            raise validation.ConfigError("forget_bias", forget_bias, "a number or null")
+        self.forget_bias = forget_bias
+        super().__init__(input_size, hidden_size, t_max, init, onednn)
+
+    def initialise(self, init: str, t_max: int | None) -> None:
+        if init == "chrono":
+            bias = chrono_bias(self.hidden_size, t_max)
+            self.rnn.bias_ih_l0.zero_()
+            self.rnn.bias_hh_l0.zero_()
+            self.gate_bias(FORGET).copy_(bias)
+            self.gate_bias(INPUT).copy_(-bias)
+        if self.forget_bias is not None:
+            self.gate_bias(FORGET).add_(self.forget_bias)
+
+    def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
+        h, c = state
+        i, f, g, o = nn.functional.linear(h, w_hh, b_hh).add_(x_term).unsafe_chunk(4, 1)
+        c = f.sigmoid().mul(c).add_(i.sigmoid().mul(g.tanh()))
+        return o.sigmoid().mul(c.tanh()), c

@@ -1,0 +1,109 @@
+"""Cells backed by PyTorch's fused ``nn.RNN``/``nn.LSTM``/``nn.GRU`` kernels.
+
+The fused path calls the torch module; the unrolled path runs a Python step loop over the very
+same parameters. On CPU the fused path runs PyTorch's native kernel rather than oneDNN's and
+each subclass's ``step`` repeats that kernel's operations in the same order
+(aten/src/ATen/native/RNN.cpp), so on CPU both paths give bitwise-equal outputs and gradients:
+probing a training step through the unrolled path never changes the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bpttlab import validation
+from bpttlab.cells.base import Cell, LayerState, StepStates
+
+
+@contextmanager
+def onednn(enabled: bool) -> Iterator[None]:
+    """Run the block with PyTorch's oneDNN (mkldnn) CPU kernels enabled or disabled."""
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
+
+
+class TorchRecurrence(Cell):
+    """A one-layer torch RNN module as a Cell. Subclasses set ``module``, ``gates`` and
+    ``inits`` and define ``step`` and ``initialise``.
+
+    Args:
+        init: a name from the subclass's ``inits``; "orthogonal" makes every H x H gate block
+            of W_hh orthogonal.
+        onednn: run the fused path with oneDNN's CPU kernel (faster for LSTM) instead of the
+            native one; the unrolled path is then equal to it up to rounding, not bitwise.
+    """
+
+    module: ClassVar[type[nn.RNNBase]]
+    gates: ClassVar[int]
+    inits: ClassVar[tuple[str, ...]] = ("default", "orthogonal")
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        t_max: int | None = None,
+        init: str = "default",
+        onednn: bool = False,
+        **module_args,
+    ):
+        super().__init__(input_size, hidden_size, t_max)
+        self.init = validation.choice("init", init, self.inits)
+        self.onednn = onednn
+        self.rnn = self.module(input_size, hidden_size, 1, batch_first=True, **module_args)
+        with torch.no_grad():
+            if init == "orthogonal":
+                for block in self.rnn.weight_hh_l0.split(hidden_size):
+                    nn.init.orthogonal_(block)
+            self.initialise(init, t_max)
+
+    def initialise(self, init: str, t_max: int | None) -> None:
+        """Apply the subclass's own initialisations (called under no_grad)."""
+
+    @property
+    def weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(W_ih, W_hh, b_ih, b_hh) in torch's gate layout."""
+        rnn = self.rnn
+        return rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
+
+    def forward(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        packed = tuple(s.unsqueeze(0) for s in state)
+        with onednn(enabled=self.onednn or x.device.type != "cpu"):
+            y, final = self.rnn(x, packed if len(packed) > 1 else packed[0])
+        final = final if isinstance(final, tuple) else (final,)
+        return y, tuple(s.squeeze(0) for s in final)
+
+    def unrolled(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState, StepStates]:
+        w_ih, w_hh, b_ih, b_hh = self.weights
+        projected = F.linear(x.transpose(0, 1), w_ih, b_ih)  # input term of every step at once
+        steps: StepStates = {name: [] for name in self.state_names}
+        for x_term in projected.unbind(0):  # unbind: its backward does not pad every step
+            state = self.step(x_term, state, w_hh, b_hh)
+            for name, value in zip(self.state_names, state, strict=True):
+                steps[name].append(value)
+        return torch.stack(steps["h"], dim=1), state, steps
+
+    def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
+        """One timestep from the input term W_ih x_t + b_ih, in the native kernel's op order."""
+        raise NotImplementedError
+
+    def gate_bias(self, gate: int) -> Tensor:
+        """The ih bias rows of gate number ``gate`` (torch's gate order)."""
+        H = self.hidden_size
+        return self.rnn.bias_ih_l0[gate * H : (gate + 1) * H]
+
+
+def chrono_bias(hidden_size: int, t_max: int | None) -> Tensor:
+    """log U[1, t_max - 1] per unit: gate time constants spread up to the task's length
+    (Tallec & Ollivier 2018)."""
+    t_max = validation.integer("t_max", t_max, 3)
+    return torch.log(torch.empty(hidden_size).uniform_(1, t_max - 1))

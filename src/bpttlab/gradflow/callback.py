@@ -1,0 +1,148 @@
+"""GradientFlow: a Lightning callback that logs ||dL/dh_k|| for every timestep k and layer to
+TensorBoard and saves each probe as an npz (the profile's definition: ``gradflow.profile``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from bpttlab import validation
+from bpttlab.gradflow.figures import heatmap_figure, profile_figure
+from bpttlab.gradflow.profile import Probe, profile_summary, save_profile
+from bpttlab.module import SequenceModule
+
+
+class GradientFlow(L.Callback):
+    """Log ||dL/dh_k|| for every timestep k, state and layer (h_k, and c_k for LSTM).
+
+    On the first training step and then every ``every_n_steps`` optimiser steps, the module
+    runs its training step on the unrolled path with a Probe on every state. Probing changes no
+    number: on CPU the unrolled path is bitwise equal to the fused one.
+
+    TensorBoard, under ``grad_flow/``: a heatmap image per state (history of log10 norms),
+    a profile figure (this step, log scale, task landmarks and truncation boundaries), and a few
+    scalars per state (see ``profile_summary``). Each probe is also saved as
+    ``<save_dir>/step_NNNNNN.npz``.
+
+    Args:
+        every_n_steps: optimiser steps between probes (>= 1).
+        full_reference: under truncated BPTT, also compute the full-BPTT gradient on the same
+            batch at the same weights, log its profile beside the truncated one and the cosine
+            similarity of the truncated and full parameter gradients (an extra forward/backward).
+        past_threshold: relative threshold of ``steps_in_past``.
+        save_dir: where the .npz profiles go; default ``<trainer.default_root_dir>/grad_flow``.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        full_reference: bool = False,
+        past_threshold: float = 1e-3,
+        save_dir: str | None = None,
+    ):
+        self.every_n_steps = validation.integer("every_n_steps", every_n_steps, 1)
+        self.past_threshold = validation.positive("past_threshold", past_threshold)
+        self.full_reference = validation.boolean("full_reference", full_reference)
+        self.save_dir = Path(save_dir) if save_dir else None
+        self.history: dict[str, list[np.ndarray]] = {}
+        self.history_steps: list[int] = []
+        self._last_probe: int | None = None
+        self._probe: Probe | None = None
+        self._reference: tuple[Probe, float] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not isinstance(pl_module, SequenceModule):
+            raise TypeError("GradientFlow needs a bpttlab SequenceModule")
+        if not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+            raise ValueError(
+                "GradientFlow needs a TensorBoardLogger: set logger=tensorboard or drop it with ~callbacks.grad_flow"
+            )
+        if self.save_dir is None:
+            self.save_dir = Path(trainer.default_root_dir) / "grad_flow"
+
+    def state_dict(self) -> dict[str, object]:
+        """The probe history, so that a resumed run's heatmaps continue where they stopped."""
+        history = {name: torch.from_numpy(np.stack(rows)) for name, rows in self.history.items()}
+        return {
+            "history": history,
+            "history_steps": self.history_steps,
+            "last_probe": self._last_probe,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, object]) -> None:
+        self.history = {name: list(rows.numpy()) for name, rows in state_dict["history"].items()}
+        self.history_steps = list(state_dict["history_steps"])
+        self._last_probe = state_dict["last_probe"]
+
+    def _due(self, step: int) -> bool:
+        if self._last_probe is None:
+            return True
+        return step // self.every_n_steps > self._last_probe // self.every_n_steps
+
+    def on_train_batch_start(self, trainer, pl_module: SequenceModule, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not self._due(step):
+            return
+        self._last_probe = step
+        self._probe = Probe(step, pl_module.batch_size, pl_module.task.seq_len)
+        pl_module.trace_next_step(self._probe)
+        if self.full_reference and pl_module.bptt.truncation is not None:
+            reference = Probe(step, pl_module.batch_size, pl_module.task.seq_len)
+            self._reference = reference, pl_module.full_gradient_reference(step, reference)
+
+    def on_train_batch_end(
+        self, trainer, pl_module: SequenceModule, outputs, batch, batch_idx
+    ) -> None:
+        probe, self._probe = self._probe, None
+        reference, self._reference = self._reference, None
+        if probe is None or not probe.grads:  # not probed, or diverged before a backward
+            return
+        profiles = probe.profiles()
+        full = reference[0].profiles() if reference else {}
+        cosine = reference[1] if reference else None
+        self._log(trainer, pl_module, probe.step, profiles, full, cosine)
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        save_profile(
+            self.save_dir / f"step_{probe.step:06d}.npz",
+            probe.step,
+            pl_module.task.seq_len,
+            pl_module.bptt.truncation,
+            boundaries(pl_module),
+            pl_module.task.landmarks(),
+            profiles,
+            full,
+        )
+
+    def _log(self, trainer, module: SequenceModule, step: int, profiles, full, cosine) -> None:
+        writer = next(lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)).experiment
+        self.history_steps.append(step)
+        for name, profile in profiles.items():
+            self.history.setdefault(name, []).append(profile)
+            for key, value in profile_summary(profile, self.past_threshold).items():
+                writer.add_scalar(f"grad_flow/{name}/{key}", value, step)
+            if name in full:
+                writer.add_scalar(
+                    f"grad_flow/{name}/full_decay_per_step",
+                    profile_summary(full[name], self.past_threshold)["decay_per_step"],
+                    step,
+                )
+            fig = heatmap_figure(
+                np.stack(self.history[name]), self.history_steps, f"log10 ||dL/d{name}||"
+            )
+            writer.add_figure(f"grad_flow/heatmap/{name}", fig, step)
+        if cosine is not None:
+            writer.add_scalar("grad_flow/truncation_cosine", cosine, step)
+        lines = dict(profiles) | {f"full {k}": v for k, v in full.items()}
+        fig = profile_figure(lines, step, module.task.landmarks(), boundaries(module))
+        writer.add_figure("grad_flow/profile", fig, step)
+
+
+def boundaries(module: SequenceModule) -> list[int]:
+    """Timesteps where a truncation window starts (beyond which no gradient flows)."""
+    return sorted({w.start for w in module.windows if w.start > 0})

@@ -1,0 +1,81 @@
+"""Figures of gradient-flow profiles, as matplotlib Figure objects (no pyplot, no global
+backend): shared by the GradientFlow callback and bpttlab-report."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+TINY = 1e-30  # floor for log10 of a zero norm
+LANDMARK_COLOURS = colormaps["Pastel1"].colors
+
+
+def shade_landmarks(ax: Axes, landmarks: dict[str, tuple[int, int]]) -> None:
+    """Shade each task landmark's timesteps [start, end) on ``ax``, labelled for the legend."""
+    for i, (label, (start, end)) in enumerate(landmarks.items()):
+        colour = LANDMARK_COLOURS[i % len(LANDMARK_COLOURS)]
+        ax.axvspan(start - 0.5, end - 0.5, color=colour, alpha=0.6, label=label)
+
+
+def heatmap_figure(history: np.ndarray, steps: list[int], title: str) -> Figure:
+    """log10 ||dL/dh_k||: timestep k across, training step down, with a colour bar."""
+    fig = Figure(figsize=(7, 3.2), dpi=80)
+    ax = fig.add_subplot()
+    image = ax.imshow(
+        np.log10(np.maximum(history, TINY)),
+        aspect="auto",
+        interpolation="nearest",
+        cmap="viridis",
+        extent=(-0.5, history.shape[1] - 0.5, len(steps) - 0.5, -0.5),
+        vmin=colour_floor(history),
+    )
+    ticks = np.linspace(0, len(steps) - 1, min(len(steps), 6)).round().astype(int)
+    ax.set_yticks(ticks, [str(steps[i]) for i in ticks])
+    ax.set(xlabel="timestep k", ylabel="training step", title=title)
+    fig.colorbar(image, ax=ax, label="log10 norm", pad=0.02)
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.16, top=0.9)
+    return fig
+
+
+def colour_floor(history: np.ndarray) -> float | None:
+    """Colour-scale floor: the smallest non-zero norm (at most 12 decades below the peak), so
+    exact zeros (beyond a truncation) show as the floor without crushing the scale."""
+    positive = history[history > 0]
+    if not positive.size:
+        return None
+    return max(float(np.log10(positive.min())), float(np.log10(positive.max())) - 12)
+
+
+def profile_figure(
+    profiles: dict[str, np.ndarray],
+    step: int,
+    landmarks: dict[str, tuple[int, int]],
+    boundaries: list[int],
+) -> Figure:
+    """||dL/dh_k|| against k on a log scale, with the task's landmarks and truncation bounds.
+    A profile named "full <name>" is drawn dashed in the colour of "<name>"."""
+    fig = Figure(figsize=(7, 3.2), dpi=80)
+    ax = fig.add_subplot()
+    colour_of: dict[str, str] = {}
+    for name, profile in profiles.items():
+        base = name.removeprefix("full ")
+        colour = colour_of.setdefault(base, f"C{len(colour_of)}")
+        style = "--" if name != base else "-"
+        ax.semilogy(
+            np.where(profile > 0, profile, np.nan), style, color=colour, label=name, linewidth=1.2
+        )
+    shade_landmarks(ax, landmarks)
+    for j, boundary in enumerate(boundaries):
+        ax.axvline(
+            boundary - 0.5,
+            color="grey",
+            linestyle=":",
+            linewidth=0.8,
+            label="truncation" if j == 0 else None,
+        )
+    ax.set(xlabel="timestep k", ylabel="||dL/dh_k||", title=f"gradient through time, step {step}")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.subplots_adjust(left=0.1, right=0.78, bottom=0.16, top=0.9)
+    return fig

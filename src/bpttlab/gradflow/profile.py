@@ -1,0 +1,129 @@
+"""Gradient-flow profiles: the norm of dL/dh_k at every timestep k, their summary scalars, and
+their files. Needs only torch and numpy (no Lightning, no matplotlib).
+
+Definition. On a probed step with a batch of B sequences, let L = sum_b l_b be the training loss
+taken as the batch *sum* of the per-sequence losses l_b (each the task's loss of sequence b),
+and h_k^(b) the hidden state of one layer at timestep k for sequence b. The profile is
+
+    ||dL/dh_k|| = (1/B) * sum_b || dL / dh_k^(b) ||_2
+
+the per-example L2 norm of the *total* gradient (through the output at k and through every
+later state), averaged over the batch, so values do not shrink as B grows. Every state of a
+cell is profiled (the LSTM's cell state c_k too); a complex state's norm is taken over its real
+and imaginary parts. The gradients are those of the backward pass that feeds the optimiser:
+under truncated BPTT the truncated gradients the optimiser used (summed over the windows that
+hold step k, and zero where no gradient reaches); under per-timestep clipping, what arrives at
+h_k before it is clipped there.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bpttlab.model import Trace
+
+
+class Probe:
+    """Gradients of one probed training step, recorded by tensor hooks during its backward; a
+    trace hook (``bptt.run_windows``): call it with each Trace and its first timestep.
+
+    ``grads[(name, layer)]`` is a (T, B, state_size) tensor: the gradient of the batch-mean
+    training loss that flowed into state ``name`` of ``layer`` at each timestep, before any
+    per-timestep clipping at that timestep; under TBPTT, summed over the windows that hold the
+    timestep; zero where no gradient arrived.
+    """
+
+    def __init__(self, step: int, batch_size: int, seq_len: int):
+        self.step = step
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.grads: dict[tuple[str, int], Tensor] = {}
+
+    def __call__(self, trace: Trace, offset: int) -> None:
+        for name, layer, t, state in trace.states():
+            state.register_hook(partial(self._record, name, layer, offset + t))
+
+    def _record(self, name: str, layer: int, t: int, grad: Tensor) -> None:
+        buffer = self.grads.get((name, layer))
+        if buffer is None:
+            buffer = self.grads[(name, layer)] = grad.new_zeros(self.seq_len, *grad.shape)
+        buffer[t] += grad
+
+    def profiles(self) -> dict[str, np.ndarray]:
+        """``{"<name>_layer<l>": (T,) profile}`` for every recorded state."""
+        return {
+            f"{name}_layer{layer}": state_norms(grads, self.batch_size)
+            for (name, layer), grads in sorted(self.grads.items())
+        }
+
+
+def state_norms(grads: Tensor, batch_size: int) -> np.ndarray:
+    """(T, B, H) gradients of the batch-mean loss -> (T,) mean per-example norm of the batch-sum
+    loss's gradient (see the module docstring); a complex state's norm is over its real and
+    imaginary parts."""
+    if grads.is_complex():
+        grads = torch.view_as_real(grads).flatten(-2)
+    return (grads.double() * batch_size).norm(dim=-1).mean(dim=-1).cpu().numpy()
+
+
+def profile_summary(profile: np.ndarray, past_threshold: float) -> dict[str, float]:
+    """Scalars of one profile ||dL/dh_k||, k = 0..T-1.
+
+    first, last: the norm at k = 0 and k = T-1; ratio: first / last.
+    decay_per_step: slope of log10 norm against distance from the end of the sequence (T-1-k),
+        fitted by least squares over the timesteps with a non-zero norm; -1 means a tenfold
+        drop per step back in time.
+    steps_in_past: fraction of timesteps whose norm exceeds ``past_threshold`` times the largest
+        norm of the profile, i.e. how far back the gradient still carries signal (after the
+        "steps in the past" of Pascanu et al. 2013).
+    """
+    first, last = float(profile[0]), float(profile[-1])
+    distance = np.arange(len(profile))[::-1]
+    alive = profile > 0
+    if alive.sum() >= 2:
+        decay = float(np.polyfit(distance[alive], np.log10(profile[alive]), 1)[0])
+    else:
+        decay = float("nan")
+    peak = float(profile.max())
+    return {
+        "first": first,
+        "last": last,
+        "ratio": first / last if last > 0 else float("nan"),
+        "decay_per_step": decay,
+        "steps_in_past": float((profile > past_threshold * peak).mean()) if peak > 0 else 0.0,
+    }
+
+
+def save_profile(
+    path: Path,
+    step: int,
+    seq_len: int,
+    truncation: int | None,
+    boundaries: list[int],
+    landmarks: dict[str, tuple[int, int]],
+    profiles: dict[str, np.ndarray],
+    full: dict[str, np.ndarray],
+) -> None:
+    """Write one probe as ``step_NNNNNN.npz`` (read back with ``load_profile``)."""
+    np.savez(
+        path,
+        step=step,
+        seq_len=seq_len,
+        truncation=-1 if truncation is None else truncation,
+        boundaries=np.array(boundaries, dtype=int),
+        landmark_names=np.array(list(landmarks), dtype=str),
+        landmark_spans=np.array(list(landmarks.values()), dtype=int).reshape(-1, 2),
+        **profiles,
+        **{f"full_{k}": v for k, v in full.items()},
+    )
+
+
+def load_profile(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a saved ``step_NNNNNN.npz`` back into a dict of arrays."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
