@@ -181,12 +181,28 @@ def test_profile_summary_of_a_geometric_profile():
     assert summary["steps_in_past"] == pytest.approx(30 / T)
 
 
-def flow_run(tmp_path):
-    """A small LSTM run probed at steps 0, 2, 4."""
+def flow_run(tmp_path, steps: int = 5, figures_every_n_steps: int = 1):
+    """A small LSTM run probed every 2 steps."""
     module = small_module(CopyTask(gap=5), "lstm")
-    flow = GradientFlow(every_n_steps=2, save_dir=str(tmp_path / "grad_flow"))
-    fit(module, tmp_path, steps=5, callbacks=[flow])
+    flow = GradientFlow(
+        every_n_steps=2,
+        figures_every_n_steps=figures_every_n_steps,
+        save_dir=str(tmp_path / "grad_flow"),
+    )
+    fit(module, tmp_path, steps=steps, callbacks=[flow])
     return tmp_path / "tensorboard"
+
+
+def test_figures_are_drawn_less_often_than_probes(tmp_path):
+    """Probes at 0, 2, 4, 6 with figures_every_n_steps=3: scalars and npz at every probe, figures
+    at 0, at 4 (the first probe 3 or more steps after 0) and at 6 (the run's last probe, drawn
+    when training ends)."""
+    events = EventAccumulator(str(flow_run(tmp_path, 7, 3)), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("grad_flow/h_layer0/first")] == [0, 2, 4, 6]
+    assert len(list((tmp_path / "grad_flow").glob("step_*.npz"))) == 4
+    for tag in ("grad_flow/profile", "grad_flow/heatmap/h_layer0"):
+        assert [e.step for e in events.Images(tag)] == [0, 4, 6]
 
 
 def test_event_files_hold_images_figures_and_scalars(tmp_path):

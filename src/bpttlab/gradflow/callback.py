@@ -23,10 +23,12 @@ class GradientFlow(L.Callback):
     runs its training step on the unrolled path with a Probe on every state. Probing changes no
     number: on CPU the unrolled path is bitwise equal to the fused one.
 
-    TensorBoard, under ``grad_flow/``: a heatmap image per state (history of log10 norms),
-    a profile figure (this step, log scale, task landmarks and truncation boundaries), and a few
-    scalars per state (see ``profile_summary``). Each probe is also saved as
-    ``<save_dir>/step_NNNNNN.npz``.
+    Every probe writes a few scalars per state to TensorBoard under ``grad_flow/`` (see
+    ``profile_summary``) and ``<save_dir>/step_NNNNNN.npz``. Figures cost far more than a probe,
+    so they are drawn on the first probe, then on the first probe at least
+    ``figures_every_n_steps`` after the last drawing, and on the last probe of the run: a heatmap
+    image per state (the history of every probe's log10 norms, so no row is lost) and a profile
+    figure (that step, log scale, task landmarks and truncation boundaries).
 
     Args:
         every_n_steps: optimiser steps between probes (>= 1).
@@ -34,6 +36,7 @@ class GradientFlow(L.Callback):
             batch at the same weights, log its profile beside the truncated one and the cosine
             similarity of the truncated and full parameter gradients (an extra forward/backward).
         past_threshold: relative threshold of ``steps_in_past``.
+        figures_every_n_steps: optimiser steps between TensorBoard figures (>= 1).
         save_dir: where the .npz profiles go; default ``<trainer.default_root_dir>/grad_flow``.
     """
 
@@ -42,17 +45,23 @@ class GradientFlow(L.Callback):
         every_n_steps: int = 50,
         full_reference: bool = False,
         past_threshold: float = 1e-3,
+        figures_every_n_steps: int = 200,
         save_dir: str | None = None,
     ):
         self.every_n_steps = validation.integer("every_n_steps", every_n_steps, 1)
         self.past_threshold = validation.positive("past_threshold", past_threshold)
         self.full_reference = validation.boolean("full_reference", full_reference)
+        self.figures_every_n_steps = validation.integer(
+            "figures_every_n_steps", figures_every_n_steps, 1
+        )
         self.save_dir = Path(save_dir) if save_dir else None
         self.history: dict[str, list[np.ndarray]] = {}
         self.history_steps: list[int] = []
         self._last_probe: int | None = None
         self._probe: Probe | None = None
         self._reference: tuple[Probe, float] | None = None
+        self._last_figures: int | None = None
+        self._undrawn: tuple[int, dict, dict] | None = None  # the last probe, if not drawn
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -73,12 +82,14 @@ class GradientFlow(L.Callback):
             "history": history,
             "history_steps": self.history_steps,
             "last_probe": self._last_probe,
+            "last_figures": self._last_figures,
         }
 
     def load_state_dict(self, state_dict: dict[str, object]) -> None:
         self.history = {name: list(rows.numpy()) for name, rows in state_dict["history"].items()}
         self.history_steps = list(state_dict["history_steps"])
         self._last_probe = state_dict["last_probe"]
+        self._last_figures = state_dict.get("last_figures")
 
     def _due(self, step: int) -> bool:
         if self._last_probe is None:
@@ -119,8 +130,12 @@ class GradientFlow(L.Callback):
             full,
         )
 
+    def on_train_end(self, trainer, pl_module: SequenceModule) -> None:
+        if self._undrawn is not None:
+            self._draw(trainer, pl_module, *self._undrawn)
+
     def _log(self, trainer, module: SequenceModule, step: int, profiles, full, cosine) -> None:
-        writer = next(lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)).experiment
+        writer = _writer(trainer)
         self.history_steps.append(step)
         for name, profile in profiles.items():
             self.history.setdefault(name, []).append(profile)
@@ -132,15 +147,29 @@ class GradientFlow(L.Callback):
                     profile_summary(full[name], self.past_threshold)["decay_per_step"],
                     step,
                 )
+        if cosine is not None:
+            writer.add_scalar("grad_flow/truncation_cosine", cosine, step)
+        self._undrawn = step, profiles, full
+        last = self._last_figures
+        if last is None or step - last >= self.figures_every_n_steps:
+            self._draw(trainer, module, step, profiles, full)
+
+    def _draw(self, trainer, module: SequenceModule, step: int, profiles, full) -> None:
+        """The heatmaps (every probe so far) and the profile figure of ``step``."""
+        writer = _writer(trainer)
+        for name in profiles:
             fig = heatmap_figure(
                 np.stack(self.history[name]), self.history_steps, f"log10 ||dL/d{name}||"
             )
             writer.add_figure(f"grad_flow/heatmap/{name}", fig, step)
-        if cosine is not None:
-            writer.add_scalar("grad_flow/truncation_cosine", cosine, step)
         lines = dict(profiles) | {f"full {k}": v for k, v in full.items()}
         fig = profile_figure(lines, step, module.task.landmarks(), boundaries(module))
         writer.add_figure("grad_flow/profile", fig, step)
+        self._last_figures, self._undrawn = step, None
+
+
+def _writer(trainer: L.Trainer):
+    return next(lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)).experiment
 
 
 def boundaries(module: SequenceModule) -> list[int]:
