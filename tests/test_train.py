@@ -304,3 +304,19 @@ def test_an_installed_wheel_finds_every_config(tmp_path):
             text=True,
         ).stdout
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_subnormals_takes_effect_in_the_training_process(tmp_path, flush):
+    """A real run applies flush_subnormals and observes it on its kernel threads."""
+    overrides = [*SMALL, "trainer.max_steps=2", "~callbacks.grad_flow", f"flush_subnormals={flush}"]
+    result = subprocess.run(
+        [*CLI, *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["subnormals_flushed"] is flush

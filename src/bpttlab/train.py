@@ -35,6 +35,7 @@ from omegaconf.errors import OmegaConfBaseException
 from bpttlab import validation
 from bpttlab.hparams import hyperparameters
 from bpttlab.module import SequenceModule
+from bpttlab.subnormals import flush_subnormals, subnormals_flushed
 from bpttlab.tasks.base import SEED_LIMIT
 
 CONFIG_DIR = str(files("bpttlab.conf"))
@@ -74,6 +75,7 @@ def check_config(cfg: DictConfig) -> None:
     """Build what a run is made of that can be built without a run dir, to validate ``cfg``."""
     build_module(cfg)
     validation.integer("trainer.max_steps", cfg.trainer.get("max_steps"), 1)
+    validation.boolean("flush_subnormals", cfg.get("flush_subnormals"))
     grad_flow = (cfg.get("callbacks") or {}).get("grad_flow")
     if grad_flow is not None:
         _instantiate("callbacks.grad_flow", grad_flow, save_dir=None)
@@ -188,6 +190,7 @@ def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -
         "steps": trainer.global_step,
         "sequences": module.batches * module.batch_size,
         "wall_seconds": round(wall_seconds, 3),
+        "subnormals_flushed": subnormals_flushed(),
     }
 
 
@@ -198,6 +201,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     # Checkpoints are taken after a batch's optimiser steps, which is what resuming needs.
     warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
     torch.set_num_threads(torch_threads(cfg))
+    flush_subnormals(cfg.flush_subnormals)
     try:
         metrics = train(cfg)
     except validation.ConfigError as error:
