@@ -344,3 +344,27 @@ def test_cell_stack_equals_torch_multilayer_module(kind):
     finally:
         torch.backends.mkldnn.enabled = before
     assert torch.equal(net(inputs).outputs, expected)
+
+
+def autograd_nodes(tensor: torch.Tensor) -> set[str]:
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack += [n for n, _ in node.next_functions]
+    return {type(n).__name__ for n in seen}
+
+
+def test_onednn_fast_path_equals_unrolled_to_rounding():
+    """cell.onednn=true runs oneDNN's LSTM kernel (faster on CPU); the unrolled path then equals
+    it to float32 rounding, not bitwise: outputs to 1e-6, gradients to 1e-5 (relative 1e-4)."""
+    torch.manual_seed(0)
+    net = RecurrentNet(VOCAB, OUT, kind="lstm", hidden_size=32, num_layers=2, onednn=True)
+    inputs = torch.randint(0, VOCAB, (8, 60), generator=torch.Generator().manual_seed(1))
+    fused = run_and_backward(net, inputs, None, unrolled=False)
+    assert "MkldnnRnnLayerBackward0" in autograd_nodes(net(inputs).outputs)
+    unrolled = run_and_backward(net, inputs, None, unrolled=True)
+    torch.testing.assert_close(unrolled[0], fused[0], atol=1e-6, rtol=0)
+    for name in fused[2]:
+        torch.testing.assert_close(unrolled[2][name], fused[2][name], atol=1e-5, rtol=1e-4)

@@ -20,8 +20,8 @@ class GradientFlow(L.Callback):
     """Log ||dL/dh_k|| for every timestep k, state and layer (h_k, and c_k for LSTM).
 
     On the first training step and then every ``every_n_steps`` optimiser steps, the module
-    runs its training step on the unrolled path with a Probe on every state. Probing changes no
-    number: on CPU the unrolled path is bitwise equal to the fused one.
+    runs its training step on the unrolled path with a Probe on every state. With an exact
+    fast path (the native CPU kernel) probing changes no number; otherwise only by rounding.
 
     Every probe writes a few scalars per state to TensorBoard under ``grad_flow/`` (see
     ``profile_summary``) and ``<save_dir>/step_NNNNNN.npz``. Figures cost far more than a probe,
