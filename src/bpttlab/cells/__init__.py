@@ -3,6 +3,7 @@
 from bpttlab.cells.base import CELLS, Cell, LayerState, StepStates, register
 from bpttlab.cells.gru import GRUCell
 from bpttlab.cells.lstm import LSTMCell
+from bpttlab.cells.orthogonal import OrthogonalCell
 from bpttlab.cells.rnn import RNNCell
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "GRUCell",
     "LSTMCell",
     "LayerState",
+    "OrthogonalCell",
     "RNNCell",
     "StepStates",
     "register",
