@@ -2,6 +2,7 @@
 
 from bpttlab.cells.base import CELLS, Cell, LayerState, StepStates, register
 from bpttlab.cells.gru import GRUCell
+from bpttlab.cells.lru import LRUCell
 from bpttlab.cells.lstm import LSTMCell
 from bpttlab.cells.orthogonal import OrthogonalCell
 from bpttlab.cells.rnn import RNNCell
@@ -10,6 +11,7 @@ __all__ = [
     "CELLS",
     "Cell",
     "GRUCell",
+    "LRUCell",
     "LSTMCell",
     "LayerState",
     "OrthogonalCell",
