@@ -106,9 +106,11 @@ class LRUCell(Cell):
         self.state_size = n
         self.encoder = nn.Linear(input_size, hidden_size) if input_size != hidden_size else None
         H = hidden_size
-        modulus_squared = torch.empty(n).uniform_(r_min**2, r_max**2)
+        tiny = torch.finfo(torch.float32).tiny  # a draw of exactly 0 would give log(0)
+        modulus_squared = torch.empty(n).uniform_(r_min**2, r_max**2).clamp(min=tiny)
         self.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(modulus_squared)))
-        self.theta_log = nn.Parameter(torch.log(torch.empty(n).uniform_(0, max_phase)))
+        phase = torch.empty(n).uniform_(0, max_phase).clamp(min=tiny)
+        self.theta_log = nn.Parameter(torch.log(phase))
         self.gamma_log = nn.Parameter(0.5 * torch.log(1 - modulus_squared))
         self.B_re = nn.Parameter(torch.randn(n, H) / math.sqrt(2 * H))
         self.B_im = nn.Parameter(torch.randn(n, H) / math.sqrt(2 * H))
