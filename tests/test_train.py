@@ -294,7 +294,10 @@ def test_an_installed_wheel_finds_every_config(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 2 and "cell accepts one of gru, lstm, rnn" in result.stderr
+    assert (
+        result.returncode == 2
+        and "cell accepts one of gru, lru, lstm, orthogonal, rnn" in result.stderr
+    )
     assert (
         str(site)
         in subprocess.run(

@@ -2,15 +2,19 @@
 
 from bpttlab.cells.base import CELLS, Cell, LayerState, StepStates, register
 from bpttlab.cells.gru import GRUCell
+from bpttlab.cells.lru import LRUCell
 from bpttlab.cells.lstm import LSTMCell
+from bpttlab.cells.orthogonal import OrthogonalCell
 from bpttlab.cells.rnn import RNNCell
 
 __all__ = [
     "CELLS",
     "Cell",
     "GRUCell",
+    "LRUCell",
     "LSTMCell",
     "LayerState",
+    "OrthogonalCell",
     "RNNCell",
     "StepStates",
     "register",
