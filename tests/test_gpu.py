@@ -1,5 +1,5 @@
-"""The GPU path (cuDNN fused kernel, trainer.accelerator=gpu). Skipped where no GPU is present,
-as on CI."""
+"""The GPU path (cuDNN for rnn/lstm/gru, the scans of the other cells, trainer.accelerator=gpu)
+for every registered cell. Skipped where no GPU is present, as on CI."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import torch
 from conftest import fit, small_module
 
 from bpttlab import CopyTask, RecurrentNet
+from bpttlab.cells import CELLS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
-def test_cudnn_fused_path_matches_unrolled(kind):
-    """On the GPU the fused path is cuDNN's kernel: equal to the unrolled path within float
-    rounding (float64: 1e-6), outputs and parameter gradients."""
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_fast_path_matches_unrolled_on_gpu(kind):
+    """On the GPU the fast path (cuDNN's kernel, or a cell's scan) equals the unrolled path
+    within float rounding (float64: 1e-6), outputs and parameter gradients."""
     torch.manual_seed(0)
     model = RecurrentNet(10, 9, kind=kind, hidden_size=16, num_layers=2).double().cuda()
     x = torch.randint(0, 10, (4, 30), device="cuda")
@@ -31,9 +32,10 @@ def test_cudnn_fused_path_matches_unrolled(kind):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
 
 
-def test_training_on_gpu(tmp_path):
+@pytest.mark.parametrize("kind", sorted(CELLS))
+def test_training_on_gpu(tmp_path, kind):
     """A real Trainer with accelerator=gpu trains and generates its batches on the GPU."""
-    module = small_module(CopyTask(gap=5), "lstm")
+    module = small_module(CopyTask(gap=5), kind)
     trainer = fit(module, tmp_path, steps=5, accelerator="gpu")
     assert trainer.global_step == 5 and module.device.type == "cuda"
     assert module.train_batch(0).inputs.device.type == "cuda"
