@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import fit, small_module
+from lightning.pytorch.callbacks import LambdaCallback
 
 from bpttlab import CopyTask, RecurrentNet
 from bpttlab.cells import CELLS
@@ -34,8 +35,14 @@ def test_fast_path_matches_unrolled_on_gpu(kind):
 
 @pytest.mark.parametrize("kind", sorted(CELLS))
 def test_training_on_gpu(tmp_path, kind):
-    """A real Trainer with accelerator=gpu trains and generates its batches on the GPU."""
+    """A real Trainer with accelerator=gpu trains on the GPU and draws its batches there
+    (observed during training: Lightning moves the module back to the CPU at the end)."""
+    seen = []
+
+    def observe(trainer, module, *_):
+        seen.append((module.device.type, module.train_batch(0).inputs.device.type))
+
     module = small_module(CopyTask(gap=5), kind)
-    trainer = fit(module, tmp_path, steps=5, accelerator="gpu")
-    assert trainer.global_step == 5 and module.device.type == "cuda"
-    assert module.train_batch(0).inputs.device.type == "cuda"
+    recorder = LambdaCallback(on_train_batch_end=observe)
+    trainer = fit(module, tmp_path, steps=5, accelerator="gpu", callbacks=[recorder])
+    assert trainer.global_step == 5 and seen == [("cuda", "cuda")] * 5
