@@ -3,6 +3,8 @@
 from bpttlab.cells.base import CELLS, Cell, LayerState, StepStates, register
 from bpttlab.cells.gru import GRUCell
 from bpttlab.cells.lstm import LSTMCell
+from bpttlab.cells.mingru import MinGRUCell
+from bpttlab.cells.minlstm import MinLSTMCell
 from bpttlab.cells.rnn import RNNCell
 
 __all__ = [
@@ -11,6 +13,8 @@ __all__ = [
     "GRUCell",
     "LSTMCell",
     "LayerState",
+    "MinGRUCell",
+    "MinLSTMCell",
     "RNNCell",
     "StepStates",
     "register",
