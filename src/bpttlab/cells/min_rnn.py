@@ -58,7 +58,9 @@ class MinRecurrence(Cell):
         validation.positive("expansion", expansion)
         self.state_size = int(expansion * hidden_size)
         if self.state_size < 1:
-            raise validation.ConfigError("expansion", expansion, "a number >= 1 / hidden_size")
+            raise validation.ConfigError(
+                "expansion", expansion, f"a number >= 1/{hidden_size} (one state unit at least)"
+            )
         self.block = validation.boolean("block", block)
         self.ff_mult = validation.integer("ff_mult", ff_mult, 0)
         width = input_size
