@@ -66,6 +66,8 @@ def results_figure(groups: list[Group]) -> Figure:
                 right.annotate(
                     r["solved"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
                 )
+    if not any(r.metrics.get("solved") for g in groups for r in g.finished):
+        right.text(0.5, 0.5, "no run solved the task", ha="center", transform=right.transAxes)
     left.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="memoryless baseline")
     left.set(
         xlabel="gap T", ylabel="final val loss / baseline", title="normalised loss: mean, t 95 %"
