@@ -16,7 +16,7 @@ import yaml
 
 from bpttlab import stats
 from bpttlab.compare import compare, parse
-from bpttlab.report import main, report
+from bpttlab.report import main, report, summary_table
 from bpttlab.report_figures import median_band, seed_matrix
 from bpttlab.sweep import group_runs, read_runs, varying
 
@@ -247,3 +247,31 @@ def test_real_seed_sweep_through_the_cli(tmp_path):
     assert {r.status for r in runs} <= {"completed"}
     for figure in ("results.png", "curves.png", "profiles.png"):
         assert (sweep / "report" / figure).stat().st_size > 10_000
+
+
+def test_summary_grid_by_task_and_gap(tmp_path):
+    """A row per init, a column per gap, each cell the group's summary."""
+    root = tmp_path / "sweep"
+    for gap in (50, 100):
+        for seed in range(2):
+            write_run(root, f"g{gap:03d}_d{seed}", unsolved(0.9), seed, gap=gap)
+            write_run(
+                root,
+                f"g{gap:03d}_c{seed}",
+                solved(300 + 100 * seed, 0.01),
+                seed,
+                gap=gap,
+                init="chrono",
+            )
+    header, rows = summary_table(group_runs(read_runs(root)))
+    assert header == ["init", "50", "100"]  # in directory order
+    assert rows == [
+        [
+            "init=chrono",
+            "2/2 solved, median step 350 [300-400]",
+            "2/2 solved, median step 350 [300-400]",
+        ],
+        ["init=default", "0/2, 0.90 ± 0.00", "0/2, 0.90 ± 0.00"],
+    ]
+    markdown = (report(root, tmp_path / "out") / "report.md").read_text()
+    assert "| init=chrono | 2/2 solved, median step 350 [300-400] |" in markdown

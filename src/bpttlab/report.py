@@ -12,7 +12,8 @@ and writes into DIR (default PATH/report):
   with its Student-t 95 % half-width; the diverged, interrupted and failed counts (interrupted
   and failed runs are never in the numbers); and ``summary``, one cell such as
   "3/3 solved, median step 650 [500-800]" or "0/3, 0.94 ± 0.02". report.md then lists every
-  run with its status; runs.csv holds the same rows.
+  run with its status (runs.csv holds the same rows) and, when task or gap vary, the summary
+  cells as a grid: a row per setting, a column per task and gap.
 - results.png, curves.png, profiles.png (``bpttlab.report_figures``).
 - with ``--compare KEY=A,B``: compare_<KEY>.md, the per-seed paired differences B - A and their
   sign and Wilcoxon tests (``bpttlab.compare``), also printed.
@@ -79,6 +80,25 @@ def run_table(runs: list[Run], groups: list[Group]) -> tuple[list[str], list[lis
     return header, rows
 
 
+def summary_table(groups: list[Group]) -> tuple[list[str], list[list[Any]]] | None:
+    """The ``summary`` cells as a grid: a row per setting, a column per task and gap (the
+    README's results table); None when neither task nor gap varies."""
+    columns = varying(groups)
+    across = [c for c in ("task", "gap") if c in columns]
+    if not across:
+        return None
+    down = [c for c in columns if c not in across]
+    heads: dict[str, None] = {}
+    cells: dict[str, dict[str, str]] = {}
+    for group in groups:
+        head = " ".join(str(value(group.first, c)) for c in across)
+        row = ", ".join(f"{c}={value(group.first, c)}" for c in down) or "runs"
+        heads[head] = None
+        cells.setdefault(row, {})[head] = group.summary()["summary"]
+    header = [", ".join(down) or "", *heads]
+    return header, [[row, *(line.get(h) for h in heads)] for row, line in cells.items()]
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "—" if math.isnan(value) else f"{value:.4g}"
@@ -126,6 +146,9 @@ def write_tables(runs: list[Run], groups: list[Group], out: Path) -> None:
         "",
         *_markdown(r_header, r_rows),
     ]
+    grid = summary_table(groups)
+    if grid is not None:
+        lines += ["", "## Summary by task and gap", "", *_markdown(*grid)]
     errors = [r for r in runs if r.status == "failed" and r.metrics.get("error")]
     if errors:
         lines += ["", "## Failed runs", ""]
