@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bpttlab import stats
+from bpttlab import report_figures, stats
 from bpttlab.compare import compare, parse
 from bpttlab.report import main, report, summary_table
 from bpttlab.report_figures import median_band, seed_matrix
@@ -245,6 +245,14 @@ def test_real_seed_sweep_through_the_cli(tmp_path):
     assert all(r["summary"].startswith("0/3, ") for r in rows)  # 4 steps solve nothing
     runs = read_runs(sweep)
     assert {r.status for r in runs} <= {"completed"}
+    profiles = report_figures.profiles_figure(group_runs(runs))
+    labels = profiles.axes[0].get_legend_handles_labels()[1]
+    for size in (4, 6):  # the median over three seeds at init and at the last probe
+        assert f"hidden_size={size}, step 0 (n=3)" in labels
+        assert f"hidden_size={size}, step 2 (n=3)" in labels
+    assert {"symbols", "marker", "recall"} <= set(labels)  # the task's landmarks shaded
+    curves = report_figures.curves_figure(group_runs(runs))
+    assert len(curves.axes[0].collections) == 2  # a band per group
     for figure in ("results.png", "curves.png", "profiles.png"):
         assert (sweep / "report" / figure).stat().st_size > 10_000
 
@@ -275,3 +283,8 @@ def test_summary_grid_by_task_and_gap(tmp_path):
     ]
     markdown = (report(root, tmp_path / "out") / "report.md").read_text()
     assert "| init=chrono | 2/2 solved, median step 350 [300-400] |" in markdown
+
+
+def test_report_imports_without_lightning():
+    code = "import sys, bpttlab.report; assert 'lightning' not in sys.modules, 'lightning loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
