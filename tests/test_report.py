@@ -288,3 +288,16 @@ def test_summary_grid_by_task_and_gap(tmp_path):
 def test_report_imports_without_lightning():
     code = "import sys, bpttlab.report; assert 'lightning' not in sys.modules, 'lightning loaded'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_compare_reads_numbers_as_numbers_and_orders_seeds(tmp_path):
+    """lr 1e-3 on the command line matches 0.001 in the config; seed 10 comes after seed 2."""
+    root = tmp_path / "sweep"
+    for seed in (2, 10):
+        for lr, loss in ((0.001, 0.5), (0.003, 0.4)):
+            run = write_run(root, f"lr{lr}_s{seed}", unsolved(loss), seed)
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            (run / "config.yaml").write_text(yaml.safe_dump(config | {"optim": {"lr": lr}}))
+    (comparison,) = compare(read_runs(root), "optim.lr", "1e-3", "3e-3")
+    assert comparison.seeds == [2, 10]
+    assert comparison.loss.deltas == pytest.approx([-0.1, -0.1])

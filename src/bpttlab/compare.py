@@ -38,6 +38,25 @@ def spelled(value: Any) -> str:
     return json.dumps(value)
 
 
+def which(value: Any, a: str, b: str) -> str | None:
+    """``a`` or ``b`` if the config value is spelled so (numbers compare as numbers: 1e-3 is
+    0.001), else None."""
+    for spec in (a, b):
+        if spelled(value) == spec:
+            return spec
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            try:
+                if float(spec) == float(value):
+                    return spec
+            except ValueError:
+                pass
+    return None
+
+
+def _seed_order(seed: Any) -> tuple:
+    return (0, seed, "") if isinstance(seed, int) else (1, 0, str(seed))
+
+
 @dataclass
 class Difference:
     """Per-seed paired differences B - A of one metric, and the tests on them."""
@@ -94,10 +113,10 @@ def compare(runs: list[Run], key: str, a: str, b: str) -> list[Comparison]:
         raise ValueError(f"--compare: no run has the config key {key!r}")
     sides: dict[tuple, dict[str, dict[Any, Run]]] = {}
     for run in finished:
-        if key not in run.config or spelled(run.config[key]) not in (a, b):
+        spec = which(run.config[key], a, b) if key in run.config else None
+        if spec is None:
             continue
-        side = sides.setdefault(run.identity(key), {a: {}, b: {}})
-        side[spelled(run.config[key])][run.seed] = run
+        sides.setdefault(run.identity(key), {a: {}, b: {}})[spec][run.seed] = run
     contexts = [(ident, s) for ident, s in sides.items() if set(s[a]) & set(s[b])]
     if not contexts:
         raise ValueError(f"--compare: no seed has runs with both {key}={a} and {key}={b}")
@@ -105,7 +124,7 @@ def compare(runs: list[Run], key: str, a: str, b: str) -> list[Comparison]:
     columns = varying(groups, key)
     comparisons = []
     for group, (_, side) in zip(groups, contexts, strict=True):
-        seeds = sorted(set(side[a]) & set(side[b]), key=str)
+        seeds = sorted(set(side[a]) & set(side[b]), key=_seed_order)
         pairs = [(side[a][s], side[b][s]) for s in seeds]
         context = ", ".join(f"{c}={_show(group.first, c)}" for c in columns) or "all runs"
         comparisons.append(

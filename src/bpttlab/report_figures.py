@@ -26,6 +26,9 @@ from bpttlab.sweep import Group, Run, value, varying
 BAND = (0.25, 0.75)
 """The seeds' quantiles that bound the bands (the interquartile range)."""
 
+DODGE = 0.015
+"""Relative shift of each line's gaps in the results figure, so that intervals do not overlap."""
+
 
 def label(group: Group, columns: list[str]) -> str:
     parts = [
@@ -52,6 +55,7 @@ def results_figure(groups: list[Group]) -> Figure:
         members.sort(key=lambda g: g.first.hparams["gap"] or 0)
         rows = [g.summary() for g in members]
         gaps = np.array([g.first.hparams["gap"] or 0 for g in members], dtype=float)
+        gaps *= 1 + DODGE * (i - (len(lines) - 1) / 2)  # lines side by side, not on top
         mean = np.array([_num(r["loss_mean"]) for r in rows])
         half = np.array([_num(r["loss_ci95"], 0.0) for r in rows])
         left.errorbar(gaps, mean, yerr=half, fmt="o-", capsize=3, color=f"C{i}", label=name)
