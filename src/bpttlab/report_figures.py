@@ -70,8 +70,17 @@ def results_figure(groups: list[Group]) -> Figure:
                 right.annotate(
                     r["solved"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7
                 )
+    ticks = sorted({g.first.hparams["gap"] or 0 for g in groups})
+    if len(ticks) == 1:  # one gap: keep the dodged lines near it
+        left.set_xlim(
+            ticks[0] * (1 - 4 * DODGE * len(lines)) - 1, ticks[0] * (1 + 4 * DODGE * len(lines)) + 1
+        )
+    right.set_xlim(left.get_xlim())
+    for ax in (left, right):
+        ax.set_xticks(ticks, [str(t) for t in ticks])
     if not any(r.metrics.get("solved") for g in groups for r in g.finished):
         right.text(0.5, 0.5, "no run solved the task", ha="center", transform=right.transAxes)
+        right.set_yticks([])
     left.axhline(1.0, color="grey", linestyle=":", linewidth=1, label="memoryless baseline")
     left.set(
         xlabel="gap T", ylabel="final val loss / baseline", title="normalised loss: mean, t 95 %"
