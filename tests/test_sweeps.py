@@ -93,16 +93,19 @@ def test_hparams_tab_holds_hyperparameters_and_final_metrics(joblib_sweep):
 
 
 def test_report_on_a_finished_multirun(joblib_sweep, tmp_path):
-    """bpttlab-report writes a Markdown and CSV row per run with the varying hyperparameters
-    and results, and the two figures."""
+    """bpttlab-report writes a Markdown and CSV row per group (here one run each) and per run
+    with the varying hyperparameters and results, and the figures."""
     out = report(joblib_sweep, tmp_path / "report")
     with open(out / "report.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 4
-    assert {"cell", "gap", "solved", "solved_at_step", "normalized_loss", "diverged"} <= set(
+    assert len(rows) == 4 and {r["n"] for r in rows} == {"1"}
+    assert {"cell", "gap", "solved", "median_step", "loss_mean", "diverged", "summary"} <= set(
         rows[0]
     )
     assert "hidden_size" not in rows[0]  # constant across the sweep
+    with open(out / "runs.csv") as f:
+        runs = list(csv.DictReader(f))
+    assert {"status", "solved_at_step", "normalized_loss"} <= set(runs[0]) and len(runs) == 4
     assert {(r["cell"], r["gap"]) for r in rows} == {
         ("rnn", "4"),
         ("rnn", "8"),

@@ -1,0 +1,303 @@
+"""bpttlab-report on a synthetic sweep (metrics.json and config.yaml files written into a tmp
+dir, numbers checked by hand) and on a real 2 x 3 (config x seed) sweep through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from bpttlab import report_figures, stats
+from bpttlab.compare import compare, parse
+from bpttlab.report import main, report, summary_table
+from bpttlab.report_figures import median_band, seed_matrix
+from bpttlab.sweep import group_runs, read_runs, varying
+
+BIN = Path(sys.executable).parent
+
+
+def write_run(root: Path, name: str, metrics: dict | str, seed: int, **settings) -> Path:
+    """A run dir as bpttlab-train leaves it: config.yaml (with its own paths) and metrics.json."""
+    run = root / name
+    (run / "grad_flow").mkdir(parents=True)
+    config = {
+        "seed": seed,
+        "run_dir": str(run),
+        "cell": {"kind": "lstm", "hidden_size": 64, "init": settings.get("init", "default")},
+        "task": {"_target_": "bpttlab.tasks.AddingTask", "gap": settings.get("gap", 50)},
+        "trainer": {"max_steps": settings.get("max_steps", 1500)},
+        "callbacks": {"grad_flow": {"every_n_steps": 500, "save_dir": str(run / "grad_flow")}},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    text = metrics if isinstance(metrics, str) else json.dumps(metrics)
+    (run / "metrics.json").write_text(text)
+    return run
+
+
+def solved(step: int, loss: float, **extra) -> dict:
+    return (
+        {"status": "completed", "solved": True, "solved_at_step": step}
+        | {
+            "normalized_loss": loss,
+            "diverged": False,
+        }
+        | extra
+    )
+
+
+def unsolved(loss: float | None, **extra) -> dict:
+    base = {"status": "completed", "solved": False, "solved_at_step": None, "diverged": False}
+    return base | {"normalized_loss": loss} | extra
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Path:
+    """Two groups (init default, chrono) at gap 50, with a diverged run written before metrics
+    had a status, a failed and an interrupted run, and a corrupt metrics.json."""
+    root = tmp_path / "sweep"
+    write_run(root, "0_default_s0", solved(500, 0.01), 0)
+    write_run(root, "1_default_s1", solved(800, 0.02), 1)
+    write_run(root, "2_default_s2", solved(650, 0.03), 2)
+    old = {"solved": False, "solved_at_step": None, "normalized_loss": None, "diverged": True}
+    write_run(root, "3_default_s3", old, 3)  # no status: reads "diverged"
+    write_run(root, "4_chrono_s0", unsolved(0.92), 0, init="chrono")
+    write_run(root, "5_chrono_s1", unsolved(0.94), 1, init="chrono")
+    write_run(root, "6_chrono_s2", unsolved(0.96), 2, init="chrono")
+    failed = unsolved(None, status="failed", error="RuntimeError: out of\nmemory")
+    write_run(root, "7_chrono_s3", failed, 3, init="chrono")
+    write_run(root, "8_chrono_s4", unsolved(0.10, status="interrupted"), 4, init="chrono")
+    write_run(root, "9_chrono_s5", '{"solved": tru', 5, init="chrono")
+    return root
+
+
+def test_groups_statuses_and_numbers_by_hand(sweep, capsys):
+    runs = read_runs(sweep)
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and "9_chrono_s5" in warning[0] and "warning" in warning[0]
+    assert [r.status for r in runs] == [
+        *["completed"] * 3,
+        "diverged",
+        *["completed"] * 3,
+        "failed",
+        "interrupted",
+    ]
+    groups = group_runs(runs)
+    assert [len(g.runs) for g in groups] == [4, 5]  # seeds and paths do not split a group
+    assert varying(groups) == ["init"]
+    default, chrono = (g.summary() for g in groups)
+    low, high = stats.wilson(3, 4)
+    assert default | {"solve_rate_low": low, "solve_rate_high": high} == default
+    assert (default["n"], default["solved"], default["seeds"]) == (4, "3/4", "0 1 2 3")
+    assert (default["median_step"], default["min_step"], default["max_step"]) == (650, 500, 800)
+    assert default["loss_mean"] == pytest.approx(0.02)  # the diverged run has no loss
+    assert default["loss_ci95"] == pytest.approx(4.302653 * 0.01 / math.sqrt(3), abs=1e-6)
+    assert default["summary"] == "3/4 solved, median step 650 [500-800], 1 diverged"
+    assert (chrono["n"], chrono["failed"], chrono["interrupted"], chrono["diverged"]) == (
+        3,
+        1,
+        1,
+        0,
+    )
+    assert chrono["loss_mean"] == pytest.approx(0.94)  # never the interrupted run's 0.10
+    assert chrono["summary"] == "0/3, 0.94 ± 0.05 (left out: 1 failed, 1 interrupted)"
+
+
+def test_report_files_carry_the_group_columns(sweep, tmp_path):
+    out = report(sweep, tmp_path / "out")
+    with open(out / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["init"] for r in rows] == ["default", "chrono"]
+    assert rows[0]["summary"] == "3/4 solved, median step 650 [500-800], 1 diverged"
+    assert {"n", "solved", "solve_rate_low", "median_step", "loss_mean", "loss_ci95"} <= set(
+        rows[0]
+    )
+    assert (rows[1]["failed"], rows[1]["interrupted"]) == ("1", "1")
+    with open(out / "runs.csv") as f:
+        statuses = {r["run"]: r["status"] for r in csv.DictReader(f)}
+    assert statuses["3_default_s3"] == "diverged" and statuses["8_chrono_s4"] == "interrupted"
+    markdown = (out / "report.md").read_text()
+    assert "9 runs in 2 groups" in markdown
+    assert "7_chrono_s3: RuntimeError: out of memory" in markdown
+    for figure in ("results.png", "curves.png", "profiles.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_setting_outside_the_hyperparameters_splits_groups_and_names_itself(tmp_path):
+    root = tmp_path / "sweep"
+    for seed in range(2):
+        write_run(root, f"short_{seed}", unsolved(0.9), seed, max_steps=100)
+        write_run(root, f"long_{seed}", unsolved(0.5), seed, max_steps=1500)
+    groups = group_runs(read_runs(root))
+    assert [len(g.runs) for g in groups] == [2, 2]
+    assert varying(groups) == ["trainer.max_steps"]
+
+
+def test_compare_pairs_by_seed_and_says_when_seeds_cannot_tell(sweep):
+    (comparison,) = compare(read_runs(sweep), "cell.init", "default", "chrono")
+    assert comparison.seeds == [0, 1, 2]  # seed 3: diverged against failed, no pair
+    assert comparison.loss.deltas == pytest.approx([0.91, 0.92, 0.93])
+    assert comparison.steps.deltas == []  # chrono never solved
+    sentence = comparison.loss.sentence("default", "chrono")
+    assert "sign test p = 0.25" in sentence and "Wilcoxon signed-rank p = 0.25" in sentence
+    assert "cannot tell" in sentence and "needs 6" in sentence
+    assert (comparison.solved_a, comparison.solved_b) == ("3/3 solved", "0/3 solved")
+
+
+def test_compare_six_seeds_per_gap(tmp_path):
+    """Six seeds, chrono faster on every one by 100..600 steps at each of two gaps: one
+    comparison per gap, Wilcoxon p = 2/64, sign test p = 2/64."""
+    root = tmp_path / "sweep"
+    for gap in (50, 100):
+        for seed in range(6):
+            write_run(root, f"g{gap:03d}_d{seed}", solved(1000, 0.01), seed, gap=gap)
+            step = 1000 - 100 * (seed + 1)
+            write_run(root, f"g{gap:03d}_c{seed}", solved(step, 0.01), seed, gap=gap, init="chrono")
+    comparisons = compare(read_runs(root), "cell.init", "default", "chrono")
+    assert [c.context for c in comparisons] == ["gap=50", "gap=100"]
+    steps = comparisons[0].steps
+    assert steps.deltas == [-100, -200, -300, -400, -500, -600]
+    sentence = steps.sentence("default", "chrono")
+    assert "sign test p = 0.0312" in sentence and "Wilcoxon signed-rank p = 0.0312" in sentence
+    assert "significant at 0.05" in sentence
+    assert "cannot tell" in comparisons[0].loss.sentence("default", "chrono")  # all ties
+
+
+def test_compare_errors(sweep, capsys):
+    with pytest.raises(ValueError, match="KEY=A,B"):
+        parse("cell.init=default")
+    with pytest.raises(ValueError, match="no run has the config key"):
+        compare(read_runs(sweep), "cell.nope", "a", "b")
+    with pytest.raises(ValueError, match="no seed has runs with both"):
+        compare(read_runs(sweep), "cell.init", "default", "orthogonal")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep), "--compare", "cell.init=default,orthogonal"])
+    assert exit_info.value.code == 2
+    assert "no seed has runs with both" in capsys.readouterr().err
+
+
+def test_seed_curves_hold_a_solved_runs_last_value():
+    """Seed 0 stopped solved at step 2 (holds 0.1), seed 1 ran to step 4; seed 2 diverged
+    after step 0 (no hold): the median and quartiles at each step over what is there."""
+    curves = [
+        (np.array([0, 2]), np.array([1.0, 0.1]), True),
+        (np.array([0, 2, 4]), np.array([1.0, 0.5, 0.3]), False),
+        (np.array([0]), np.array([2.0]), False),
+    ]
+    steps, matrix = seed_matrix(curves)
+    assert list(steps) == [0, 2, 4]
+    np.testing.assert_array_equal(matrix[0], [1.0, 0.1, 0.1])
+    assert np.isnan(matrix[2, 1:]).all()
+    kept, median, low, high = median_band(matrix)
+    assert kept.all()
+    np.testing.assert_allclose(median, [1.0, 0.3, 0.2])
+    np.testing.assert_allclose(low, [1.0, 0.2, 0.15])
+    np.testing.assert_allclose(high, [1.5, 0.4, 0.25])
+
+
+@pytest.mark.slow
+def test_real_seed_sweep_through_the_cli(tmp_path):
+    """bpttlab-train -m cell.hidden_size=4,6 seed='range(3)': six runs (the entry point's
+    pre-check accepts Hydra's range), which bpttlab-report groups into two groups of three
+    seeds, with figures of their spread and a paired comparison."""
+    sweep = tmp_path / "sweep"
+    train = [
+        str(BIN / "bpttlab-train"),
+        "-m",
+        "cell=gru",
+        "cell.hidden_size=4,6",
+        "seed=range(3)",
+        "task=copy",
+        "task.gap=5",
+        "module.batch_size=4",
+        "module.val_batches=1",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        "callbacks.grad_flow.every_n_steps=2",
+        "callbacks.grad_flow.figures_every_n_steps=1000",
+        "callbacks.progress_bar=null",
+        "callbacks.checkpoint=null",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    result = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(sweep.glob("*/metrics.json"))) == 6
+    result = subprocess.run(
+        [str(BIN / "bpttlab-report"), str(sweep), "--compare", "cell.hidden_size=4,6"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "cannot tell" in result.stdout  # three pairs never reach p < 0.05
+    with open(sweep / "report" / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["hidden_size"], r["n"], r["seeds"]) for r in rows] == [
+        ("4", "3", "0 1 2"),
+        ("6", "3", "0 1 2"),
+    ]
+    assert all(r["summary"].startswith("0/3, ") for r in rows)  # 4 steps solve nothing
+    runs = read_runs(sweep)
+    assert {r.status for r in runs} <= {"completed"}
+    profiles = report_figures.profiles_figure(group_runs(runs))
+    labels = profiles.axes[0].get_legend_handles_labels()[1]
+    for size in (4, 6):  # the median over three seeds at init and at the last probe
+        assert f"hidden_size={size}, step 0 (n=3)" in labels
+        assert f"hidden_size={size}, step 2 (n=3)" in labels
+    assert {"symbols", "marker", "recall"} <= set(labels)  # the task's landmarks shaded
+    curves = report_figures.curves_figure(group_runs(runs))
+    assert len(curves.axes[0].collections) == 2  # a band per group
+    for figure in ("results.png", "curves.png", "profiles.png"):
+        assert (sweep / "report" / figure).stat().st_size > 10_000
+
+
+def test_summary_grid_by_task_and_gap(tmp_path):
+    """A row per init, a column per gap, each cell the group's summary."""
+    root = tmp_path / "sweep"
+    for gap in (50, 100):
+        for seed in range(2):
+            write_run(root, f"g{gap:03d}_d{seed}", unsolved(0.9), seed, gap=gap)
+            write_run(
+                root,
+                f"g{gap:03d}_c{seed}",
+                solved(300 + 100 * seed, 0.01),
+                seed,
+                gap=gap,
+                init="chrono",
+            )
+    header, rows = summary_table(group_runs(read_runs(root)))
+    assert header == ["init", "50", "100"]  # in directory order
+    assert rows == [
+        [
+            "init=chrono",
+            "2/2 solved, median step 350 [300-400]",
+            "2/2 solved, median step 350 [300-400]",
+        ],
+        ["init=default", "0/2, 0.90 ± 0.00", "0/2, 0.90 ± 0.00"],
+    ]
+    markdown = (report(root, tmp_path / "out") / "report.md").read_text()
+    assert "| init=chrono | 2/2 solved, median step 350 [300-400] |" in markdown
+
+
+def test_report_imports_without_lightning():
+    code = "import sys, bpttlab.report; assert 'lightning' not in sys.modules, 'lightning loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_compare_reads_numbers_as_numbers_and_orders_seeds(tmp_path):
+    """lr 1e-3 on the command line matches 0.001 in the config; seed 10 comes after seed 2."""
+    root = tmp_path / "sweep"
+    for seed in (2, 10):
+        for lr, loss in ((0.001, 0.5), (0.003, 0.4)):
+            run = write_run(root, f"lr{lr}_s{seed}", unsolved(loss), seed)
+            config = yaml.safe_load((run / "config.yaml").read_text())
+            (run / "config.yaml").write_text(yaml.safe_dump(config | {"optim": {"lr": lr}}))
+    (comparison,) = compare(read_runs(root), "optim.lr", "1e-3", "3e-3")
+    assert comparison.seeds == [2, 10]
+    assert comparison.loss.deltas == pytest.approx([-0.1, -0.1])
