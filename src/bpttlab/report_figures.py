@@ -183,11 +183,16 @@ def profiles_figure(groups: list[Group], state: str = "h_layer0") -> Figure:
     a ``BAND`` band, at step 0 (dashed) and at the last step that every seed saved (solid)."""
     groups = [g for g in groups if any(profile_paths(r) for r in g.finished)]
     cells = sorted({g.first.hparams["cell"] for g in groups}) or ["none"]
-    fig = Figure(figsize=(4.6 * len(cells), 3.6), dpi=90)
-    axes = fig.subplots(1, len(cells), squeeze=False, sharey=True)[0]
-    others = [c for c in varying(groups) if c != "cell"]
-    for ax, cell in zip(axes, cells, strict=True):
+    columns = min(4, len(cells))
+    rows = math.ceil(len(cells) / columns)
+    fig = Figure(figsize=(4.6 * columns, 3.4 * rows), dpi=90)
+    grid = fig.subplots(rows, columns, squeeze=False, sharey=True)
+    axes = list(grid.flatten())
+    for unused in axes[len(cells) :]:
+        unused.set_visible(False)
+    for ax, cell in zip(axes, cells, strict=False):
         members = [g for g in groups if g.first.hparams["cell"] == cell]
+        others = [c for c in varying(members) if c != "cell"]
         landmarks: dict[str, tuple[int, int]] = {}
         for i, group in enumerate(members):
             paths = [profile_paths(r) for r in group.finished if profile_paths(r)]
@@ -217,7 +222,8 @@ def profiles_figure(groups: list[Group], state: str = "h_layer0") -> Figure:
         ax.set(title=cell, xlabel="timestep k")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
-    axes[0].set_ylabel(f"||dL/dh_k|| / its max; median, {_band_label()}")
+    for row in grid:
+        row[0].set_ylabel(f"||dL/dh_k|| / its max\nmedian, {_band_label()}")
     fig.tight_layout()
     return fig
 
