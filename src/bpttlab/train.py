@@ -9,10 +9,10 @@ one line naming its key, before any training, with exit status 2.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -32,9 +32,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bpttlab import validation
+from bpttlab import outcome, preflight, rundir, validation
+from bpttlab.checkpoint import LastCheckpoint, save_atomically
 from bpttlab.hparams import hyperparameters
+from bpttlab.interrupts import StopOnSignal
 from bpttlab.module import SequenceModule
+from bpttlab.outcome import write_atomically
+from bpttlab.resume import check_resume, checkpoint_path
+from bpttlab.rundir import RunLock
+from bpttlab.runlog import ValidationLog, run_log
 from bpttlab.tasks.base import SEED_LIMIT
 
 CONFIG_DIR = str(files("bpttlab.conf"))
@@ -85,9 +91,10 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> L.Trainer:
     chosen = (cfg.get("callbacks") or {}).items()
     callbacks = [_instantiate(f"callbacks.{k}", v) for k, v in chosen if v is not None]
+    callbacks += list(extra_callbacks)
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     logger = _instantiate("logger", cfg.logger) if cfg.get("logger") else False
@@ -109,28 +116,106 @@ def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment into ``cfg.run_dir``; return the metrics written to metrics.json."""
+def train(cfg: DictConfig, resume_command: str | None = None) -> dict[str, Any]:
+    """Run one experiment into ``cfg.run_dir``; return the metrics written to metrics.json.
+
+    The run holds the run dir's lock throughout. A new run refuses a dir that already holds a
+    run; ``resume=true`` refuses anything but the run's own config and a readable checkpoint.
+    Whatever happens, metrics.json ends with a ``status``; a failed resume leaves the files
+    of the run it tried to continue as they were.
+    """
     run_dir = Path(cfg.run_dir)
-    module = build_module(cfg)
-    trainer = build_trainer(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    resume_from = checkpoint if cfg.get("resume") and checkpoint.exists() else None
-    start = time.perf_counter()
+    stop = StopOnSignal()
+    stop.install()
     try:
-        trainer.fit(module, ckpt_path=resume_from)
-        if module.diverged_at_step is None and module.val_step != trainer.global_step:
-            trainer.validate(module, verbose=False)
+        module = build_module(cfg)
+        trainer = build_trainer(cfg, extra_callbacks=[stop])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(run_dir):
+            resume_from = check_run_dir(cfg)
+            with run_log(run_dir) as log:
+                trainer.callbacks.append(ValidationLog(log))
+                return _fit(cfg, module, trainer, stop, resume_from, log, resume_command)
     finally:
-        metrics = summarise(module, trainer, time.perf_counter() - start)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if trainer.global_step > 0:
-            trainer.save_checkpoint(checkpoint, weights_only=False)
-        log_hparams(trainer, cfg, metrics)
-    print(f"run dir: {run_dir}\ntensorboard --logdir {run_dir}")
+        stop.uninstall()
+
+
+def check_run_dir(cfg: DictConfig) -> Path | None:
+    """The checkpoint to resume from (``resume=true``), or None for a new run in a dir that
+    holds no run yet."""
+    run_dir = Path(cfg.run_dir)
+    if validation.boolean("resume", cfg.get("resume", False)):
+        return check_resume(cfg)
+    if (run_dir / "config.yaml").exists() or (run_dir / "metrics.json").exists():
+        raise validation.ConfigError(
+            "hydra.run.dir",
+            str(run_dir),
+            "a directory that holds no run yet (this one does: add resume=true to continue it)",
+        )
+    return None
+
+
+def _fit(cfg, module, trainer, stop, resume_from, log, resume_command) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if resume_from is None:
+        write_atomically(run_dir / "config.yaml", resolved)
+    log.info("%s %s", "resume" if resume_from else "run", run_dir)
+    log.info("config: %s", " ".join(f"{k}={v}" for k, v in hyperparameters(cfg).items()))
+    log.info("budget: trainer.max_steps=%s", cfg.trainer.max_steps)
+    start = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        trainer.fit(module, ckpt_path=resume_from, weights_only=True)
+        done = stop.received is None and module.diverged_at_step is None
+        if done and module.val_step != trainer.global_step:
+            trainer.validate(module, verbose=False)
+    except BaseException as caught:  # recorded as failed, then raised again
+        error = caught
+        log.error("exception during the run", exc_info=True)
+    metrics = summarise(module, trainer, time.perf_counter() - start)
+    metrics["status"] = status(module, stop, error)
+    if error is not None:
+        metrics["error"] = outcome.one_line(error)
+    keep_old = error is not None and resume_from is not None
+    if not keep_old:  # a failed resume leaves the finished record it tried to continue
+        outcome.write_metrics(run_dir, metrics)
+        if resume_from is not None:
+            write_atomically(run_dir / "config.yaml", resolved)  # the new budget
+    if error is None and stop.received is None and trainer.global_step > 0:
+        save_atomically(trainer, checkpoint_path(cfg))
+    if stop.received is not None and not any(
+        isinstance(c, LastCheckpoint) for c in trainer.callbacks
+    ):
+        save_atomically(trainer, checkpoint_path(cfg))
+    log_hparams(trainer, cfg, metrics)
+    line = outcome.final_line(metrics, resume_command or resume_hint(run_dir))
+    log.info(line)
+    print(f"run dir: {run_dir}\ntensorboard --logdir {shlex.quote(str(run_dir))}\n{line}")
+    if error is not None:
+        raise error
     return metrics
+
+
+def status(module: SequenceModule, stop: StopOnSignal, error: BaseException | None) -> str:
+    if error is not None:
+        return "failed"
+    if module.diverged_at_step is not None:
+        return "diverged"
+    if stop.received is not None:
+        return "interrupted"
+    return "completed"
+
+
+def resume_hint(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir``: this command, in that dir, resumed."""
+    args = [
+        a
+        for a in sys.argv[1:]
+        if a not in ("-m", "--multirun")
+        and not a.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "resume="))
+    ]
+    return shlex.join(["bpttlab-train", *args, f"hydra.run.dir={run_dir}", "resume=true"])
 
 
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
@@ -143,7 +228,7 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) ->
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hyperparameters(cfg), final)
-            logger.finalize("success")
+            logger.finalize(outcome.TENSORBOARD_STATUS[metrics["status"]])
 
 
 def objective(metrics: dict[str, Any], name: str) -> float:
@@ -197,24 +282,35 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # Checkpoints are taken after a batch's optimiser steps, which is what resuming needs.
     warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
-    torch.set_num_threads(torch_threads(cfg))
     try:
+        torch.set_num_threads(torch_threads(cfg))
         metrics = train(cfg)
     except validation.ConfigError as error:
         print(f"bpttlab-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception:
+        if _multirun():  # recorded as failed in its run dir; the sweep goes on
+            return DIVERGED_OBJECTIVE
+        raise SystemExit(1) from None  # train() printed the one-line outcome
     return objective(metrics, cfg.optimized_metric)
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
 
 
 def main() -> None:
     """Console entry point: check the command line in one line per error, then run Hydra."""
     try:
         validation.check_command_line(sys.argv[1:], CONFIG_DIR, "train", check_config)
+        preflight.check_run_dirs(sys.argv[1:], CONFIG_DIR, "train")
     except validation.ConfigError as error:
         print(f"bpttlab-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     _hydra_main()
 
+
+rundir.register_resolvers()
 
 if __name__ == "__main__":
     main()
