@@ -1,6 +1,6 @@
 """LastCheckpoint: ``<dirpath>/last.ckpt`` whenever the optimiser step count crosses a multiple
 of the interval (TBPTT makes several steps per batch, so the count can jump past an exact
-multiple), and at the batch where training is told to stop (an interrupt, a divergence).
+multiple); ``StopOnSignal`` has it save the batch a signal stops the run after.
 
 A Checkpoint subclass, so Lightning runs it after every other callback of the batch; the file
 is written next to the old one and renamed over it, so a kill never leaves half a checkpoint.
@@ -45,6 +45,11 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, *_args: object) -> None:
         step, last = trainer.global_step, self.saved_at_step or 0
         crossed = step // self.every_n_train_steps > last // self.every_n_train_steps
-        if crossed or trainer.should_stop:
+        if crossed:
+            self.save(trainer)
+
+    def save(self, trainer: L.Trainer) -> None:
+        """Save now, unless this step is saved already."""
+        if self.saved_at_step != trainer.global_step or not self.path.exists():
             save_atomically(trainer, self.path)
-            self.saved_at_step = step
+            self.saved_at_step = trainer.global_step

@@ -1,5 +1,5 @@
 """SIGINT (Ctrl-C) and SIGTERM (what SLURM sends on pre-emption) end a run at a batch
-boundary, as an interruption that can be resumed, instead of killing it mid-step."""
+boundary, with a checkpoint of that batch, as an interruption that can be resumed."""
 
 from __future__ import annotations
 
@@ -7,16 +7,28 @@ import signal
 from types import FrameType
 
 import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
+
+from bpttlab.checkpoint import LastCheckpoint
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-class StopOnSignal(L.Callback):
-    """Record the first SIGINT or SIGTERM and stop training after the batch in flight.
+class Interrupted(Exception):
+    """Training stopped after a batch because a signal asked it to."""
+
+
+class StopOnSignal(Checkpoint):
+    """Record the first SIGINT or SIGTERM; after the batch in flight, checkpoint and stop.
+
+    A Checkpoint subclass, so that Lightning runs it after every other callback of the batch
+    (the probes, the LastCheckpoint): the checkpoint then holds exactly the state a run never
+    interrupted has at that step. It stops by raising Interrupted, not by ``should_stop``,
+    which would make Lightning run one more validation than the uninterrupted run.
 
     ``install`` takes over both signals (train() does so before building anything);
-    ``on_train_start`` takes them over again, after Lightning put its own SIGTERM handler in
-    (which would raise mid-loop). A second signal raises KeyboardInterrupt: the impatient way out.
+    ``on_train_start`` takes them over again, after Lightning put its own SIGTERM handler in.
+    A second signal raises KeyboardInterrupt: the impatient way out.
     """
 
     def __init__(self) -> None:
@@ -44,6 +56,10 @@ class StopOnSignal(L.Callback):
             signal.signal(signum, self._handle)
 
     def on_train_batch_end(self, trainer: L.Trainer, *_args: object) -> None:
-        if self.received is not None and self.stopped_at_step is None:
-            self.stopped_at_step = trainer.global_step
-            trainer.should_stop = True
+        if self.received is None:
+            return
+        self.stopped_at_step = trainer.global_step
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback.save(trainer)
+        raise Interrupted(f"{self.received} at step {trainer.global_step}")

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 import warnings
@@ -33,9 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bpttlab import outcome, preflight, rundir, validation
-from bpttlab.checkpoint import LastCheckpoint, save_atomically
+from bpttlab.checkpoint import save_atomically
 from bpttlab.hparams import hyperparameters
-from bpttlab.interrupts import StopOnSignal
+from bpttlab.interrupts import Interrupted, StopOnSignal
 from bpttlab.module import SequenceModule
 from bpttlab.outcome import write_atomically
 from bpttlab.resume import check_resume, checkpoint_path
@@ -116,7 +117,7 @@ def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def train(cfg: DictConfig, resume_command: str | None = None) -> dict[str, Any]:
+def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, Any]:
     """Run one experiment into ``cfg.run_dir``; return the metrics written to metrics.json.
 
     The run holds the run dir's lock throughout. A new run refuses a dir that already holds a
@@ -125,7 +126,7 @@ def train(cfg: DictConfig, resume_command: str | None = None) -> dict[str, Any]:
     of the run it tried to continue as they were.
     """
     run_dir = Path(cfg.run_dir)
-    stop = StopOnSignal()
+    stop = stop or StopOnSignal()
     stop.install()
     try:
         module = build_module(cfg)
@@ -135,7 +136,7 @@ def train(cfg: DictConfig, resume_command: str | None = None) -> dict[str, Any]:
             resume_from = check_run_dir(cfg)
             with run_log(run_dir) as log:
                 trainer.callbacks.append(ValidationLog(log))
-                return _fit(cfg, module, trainer, stop, resume_from, log, resume_command)
+                return _fit(cfg, module, trainer, stop, resume_from, log)
     finally:
         stop.uninstall()
 
@@ -155,7 +156,14 @@ def check_run_dir(cfg: DictConfig) -> Path | None:
     return None
 
 
-def _fit(cfg, module, trainer, stop, resume_from, log, resume_command) -> dict[str, Any]:
+def _fit(
+    cfg: DictConfig,
+    module: SequenceModule,
+    trainer: L.Trainer,
+    stop: StopOnSignal,
+    resume_from: Path | None,
+    log: logging.Logger,
+) -> dict[str, Any]:
     run_dir = Path(cfg.run_dir)
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     if resume_from is None:
@@ -167,9 +175,11 @@ def _fit(cfg, module, trainer, stop, resume_from, log, resume_command) -> dict[s
     error: BaseException | None = None
     try:
         trainer.fit(module, ckpt_path=resume_from, weights_only=True)
-        done = stop.received is None and module.diverged_at_step is None
+        done = stop.stopped_at_step is None and module.diverged_at_step is None
         if done and module.val_step != trainer.global_step:
             trainer.validate(module, verbose=False)
+    except Interrupted:
+        pass
     except BaseException as caught:  # recorded as failed, then raised again
         error = caught
         log.error("exception during the run", exc_info=True)
@@ -182,14 +192,11 @@ def _fit(cfg, module, trainer, stop, resume_from, log, resume_command) -> dict[s
         outcome.write_metrics(run_dir, metrics)
         if resume_from is not None:
             write_atomically(run_dir / "config.yaml", resolved)  # the new budget
-    if error is None and stop.received is None and trainer.global_step > 0:
-        save_atomically(trainer, checkpoint_path(cfg))
-    if stop.received is not None and not any(
-        isinstance(c, LastCheckpoint) for c in trainer.callbacks
-    ):
+    # an interrupted run was saved at the batch it stopped after
+    if error is None and stop.stopped_at_step is None and trainer.global_step > 0:
         save_atomically(trainer, checkpoint_path(cfg))
     log_hparams(trainer, cfg, metrics)
-    line = outcome.final_line(metrics, resume_command or resume_hint(run_dir))
+    line = outcome.final_line(metrics, resume_hint(run_dir))
     log.info(line)
     print(f"run dir: {run_dir}\ntensorboard --logdir {shlex.quote(str(run_dir))}\n{line}")
     if error is not None:
@@ -202,7 +209,7 @@ def status(module: SequenceModule, stop: StopOnSignal, error: BaseException | No
         return "failed"
     if module.diverged_at_step is not None:
         return "diverged"
-    if stop.received is not None:
+    if stop.stopped_at_step is not None:
         return "interrupted"
     return "completed"
 
@@ -284,7 +291,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
     try:
         torch.set_num_threads(torch_threads(cfg))
-        metrics = train(cfg)
+        stop = StopOnSignal()
+        metrics = train(cfg, stop=stop)
     except validation.ConfigError as error:
         print(f"bpttlab-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -292,6 +300,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if _multirun():  # recorded as failed in its run dir; the sweep goes on
             return DIVERGED_OBJECTIVE
         raise SystemExit(1) from None  # train() printed the one-line outcome
+    if metrics["status"] == "interrupted":  # a sweep stops too; 128 + signal, as a shell says
+        raise SystemExit(128 + signal.Signals[stop.received].value)
     return objective(metrics, cfg.optimized_metric)
 
 
