@@ -49,41 +49,54 @@ DIVERGED_OBJECTIVE = 1e3
 CONFIG_MISTAKES = (ValueError, TypeError, MisconfigurationException, OmegaConfBaseException)
 
 
-def build_module(cfg: DictConfig) -> SequenceModule:
+def build_module(cfg: DictConfig, cache: dict | None = None) -> SequenceModule:
     """Task, model, optimiser, BPTT schedule and clipping, assembled into a SequenceModule."""
     seed = validation.integer("seed", cfg.seed, 0)
     if seed >= SEED_LIMIT:
         raise validation.ConfigError("seed", seed, f"an integer from 0 to {SEED_LIMIT - 1}")
     validation.positive("optim.lr", cfg.optim.get("lr"))
-    L.seed_everything(seed, verbose=False)
-    task = _instantiate("task", cfg.task)
+    if cache is None:  # a check builds nothing that it keeps
+        L.seed_everything(seed, verbose=False)
+    task = _instantiate("task", cfg.task, cache=cache)
     model = _instantiate(
         "cell",
         cfg.cell,
+        cache=cache,
         input_size=task.input_size,
         output_size=task.output_size,
         token_input=task.token_input,
         t_max=task.seq_len,
     )
-    make_module = _instantiate("module", cfg.module, _partial_=True)
+    make_module = _instantiate("module", cfg.module, cache=cache, _partial_=True)
     parts = {
-        "optimizer": _instantiate("optim", cfg.optim),
-        "bptt": _instantiate("bptt", cfg.bptt),
-        "clipping": _instantiate("clip", cfg.clip),
+        "optimizer": _instantiate("optim", cfg.optim, cache=cache),
+        "bptt": _instantiate("bptt", cfg.bptt, cache=cache),
+        "clipping": _instantiate("clip", cfg.clip, cache=cache),
     }
+    # what a module checks does not depend on the optimiser or the seed
+    slot = (
+        "module",
+        *(id(x) for x in (make_module, model, task, parts["bptt"], parts["clipping"])),
+    )
+    if cache is not None and slot in cache:
+        return cache[slot]
     try:  # objects, not configs: instantiate would turn them into DictConfigs
-        return make_module(model=model, task=task, seed=seed, **parts)
+        module = make_module(model=model, task=task, seed=seed, **parts)
     except validation.ConfigError as error:
         raise error.under("module") from None
+    if cache is not None:
+        cache[slot] = module
+    return module
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Build what a run is made of that can be built without a run dir, to validate ``cfg``."""
-    build_module(cfg)
+def check_config(cfg: DictConfig, cache: dict | None = None) -> None:
+    """Build what a run is made of that can be built without a run dir, to validate ``cfg``.
+    With a ``cache`` (a sweep's check), each object is built once per config node."""
+    build_module(cfg, cache)
     validation.integer("trainer.max_steps", cfg.trainer.get("max_steps"), 1)
     grad_flow = (cfg.get("callbacks") or {}).get("grad_flow")
     if grad_flow is not None:
-        _instantiate("callbacks.grad_flow", grad_flow, save_dir=None)
+        _instantiate("callbacks.grad_flow", grad_flow, cache=cache, save_dir=None)
     if grad_flow is not None and not cfg.get("logger"):
         raise validation.ConfigError(
             "logger",
@@ -102,8 +115,24 @@ def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> L.
     return _instantiate("trainer", cfg.trainer, logger=logger, callbacks=callbacks)
 
 
-def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate; a bad value becomes a one-line ConfigError on ``key``."""
+def _instantiate(key: str, node: DictConfig, cache: dict | None = None, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate; a bad value becomes a one-line ConfigError on ``key``. With a
+    ``cache``, a node (the same object) with the same arguments is built, or fails, once."""
+    if cache is None:
+        return _build(key, node, **kwargs)
+    slot = (key, id(node), repr(sorted(kwargs.items())))
+    if slot not in cache:
+        try:
+            cache[slot] = (node, _build(key, node, **kwargs))
+        except validation.ConfigError as error:
+            cache[slot] = (node, error)
+    built = cache[slot][1]
+    if isinstance(built, validation.ConfigError):
+        raise built
+    return built
+
+
+def _build(key: str, node: DictConfig, **kwargs: Any) -> Any:
     try:
         return instantiate(node, **kwargs)
     except Exception as error:
@@ -315,7 +344,8 @@ def main() -> None:
         validation.check_command_line(sys.argv[1:], CONFIG_DIR, "train", check_config)
         preflight.check_run_dirs(sys.argv[1:], CONFIG_DIR, "train")
     except validation.ConfigError as error:
-        print(f"bpttlab-train: error: {error}", file=sys.stderr)
+        for line in getattr(error, "lines", [str(error)]):
+            print(f"bpttlab-train: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
     _hydra_main()
 
