@@ -33,6 +33,11 @@ def check_run_dirs(args: list[str], config_dir: str, config_name: str) -> None:
     for key, value in (("hydra.run.dir", run_dir), ("hydra.sweep.dir", sweep_dir)):
         if value is not None:
             check_writable(key, value)
+    n_jobs = last_value(args, "hydra.launcher.n_jobs")
+    if n_jobs is not None and not (
+        n_jobs.lstrip("-").isdigit() and int(n_jobs) not in (0,) and int(n_jobs) >= -1
+    ):
+        raise ConfigError("hydra.launcher.n_jobs", n_jobs, "an integer >= 1, or -1 for every core")
     if is_multirun(args):
         return  # each job checks its own dir under its lock
     overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf

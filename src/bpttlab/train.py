@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bpttlab import outcome, preflight, rundir, validation
+from bpttlab import config_checks, outcome, preflight, rundir, validation
 from bpttlab.checkpoint import save_atomically
 from bpttlab.hparams import hyperparameters
 from bpttlab.interrupts import Interrupted, StopOnSignal
@@ -58,6 +59,9 @@ def build_module(cfg: DictConfig, cache: dict | None = None) -> SequenceModule:
     if cache is None:  # a check builds nothing that it keeps
         L.seed_everything(seed, verbose=False)
     task = _instantiate("task", cfg.task, cache=cache)
+    batch_size = cfg.module.get("batch_size")
+    if isinstance(batch_size, int):
+        config_checks.check_memory(cfg.cell, task.seq_len, task.input_size, batch_size)
     model = _instantiate(
         "cell",
         cfg.cell,
@@ -92,8 +96,10 @@ def build_module(cfg: DictConfig, cache: dict | None = None) -> SequenceModule:
 def check_config(cfg: DictConfig, cache: dict | None = None) -> None:
     """Build what a run is made of that can be built without a run dir, to validate ``cfg``.
     With a ``cache`` (a sweep's check), each object is built once per config node."""
+    config_checks.check_top_level(cfg)
     build_module(cfg, cache)
-    validation.integer("trainer.max_steps", cfg.trainer.get("max_steps"), 1)
+    _once(cache, "trainer", cfg.trainer, config_checks.check_trainer)
+    _once(cache, "optim", cfg.optim, config_checks.check_optim)
     grad_flow = (cfg.get("callbacks") or {}).get("grad_flow")
     if grad_flow is not None:
         _instantiate("callbacks.grad_flow", grad_flow, cache=cache, save_dir=None)
@@ -132,7 +138,23 @@ def _instantiate(key: str, node: DictConfig, cache: dict | None = None, **kwargs
     return built
 
 
+def _once(cache: dict | None, key: str, node: DictConfig, check: Callable) -> None:
+    """``check(node)``, once per node when there is a cache."""
+    if cache is None:
+        return check(node)
+    slot = ("check", key, id(node))
+    if slot not in cache:
+        try:
+            check(node)
+            cache[slot] = (node, None)
+        except validation.ConfigError as error:
+            cache[slot] = (node, error)
+    if cache[slot][1] is not None:
+        raise cache[slot][1]
+
+
 def _build(key: str, node: DictConfig, **kwargs: Any) -> Any:
+    config_checks.check_finite(key, node)
     try:
         return instantiate(node, **kwargs)
     except Exception as error:

@@ -16,7 +16,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -85,6 +85,8 @@ def positive(key: str, value: object) -> float:
 
 
 INFO_FLAGS = {"-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "--shell-completion"}
+RESERVED = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+"""Keys that pick the code a config builds: never from the command line."""
 MAX_RUNS = 10_000
 """The most runs a sweep may ask for; a larger grid is refused in one line."""
 MAX_LINES = 50
@@ -130,8 +132,22 @@ def check_command_line(
     if INFO_FLAGS & set(args):
         return
     lines = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.lstrip("+~").split(".")[-1] in RESERVED:
+            raise ConfigError(
+                key.lstrip("+~"),
+                value,
+                "no override: a config group's yaml fixes it (pick another option of the group)",
+            )
     parser = OverridesParser.create()
-    parsed = parser.parse_overrides(lines)
+    try:
+        parsed = parser.parse_overrides(lines)
+    except OverrideParseException as error:
+        bad = next((line for line in lines if line in str(error)), lines[0] if lines else "?")
+        key, _, value = bad.partition("=")
+        message = " ".join(str(error).split())
+        raise ConfigError(key, value, f"a value Hydra can parse ({message})") from None
     values = [
         [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
         if o.is_sweep_override()
