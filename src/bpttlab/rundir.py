@@ -92,8 +92,10 @@ def check_writable(key: str, value: object) -> Path:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise ConfigError(key, str(value), f"a directory path ({ancestor} is a file)")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
+    try:  # what the filesystem allows, not what the mode bits say (root, read-only mounts)
+        os.rmdir(tempfile.mkdtemp(prefix=".bpttlab-probe-", dir=ancestor))
+    except OSError:
         raise ConfigError(
             key, str(value), f"a directory path under a writable one ({ancestor} is not)"
-        )
+        ) from None
     return path
