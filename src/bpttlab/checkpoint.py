@@ -30,8 +30,8 @@ def save_atomically(trainer: L.Trainer, path: Path) -> None:
 class LastCheckpoint(Checkpoint):
     """Keep ``<dirpath>/last.ckpt`` at most ``every_n_train_steps`` optimiser steps old."""
 
-    def __init__(self, dirpath: str, every_n_train_steps: int = 200):
-        self.dirpath = Path(dirpath)
+    def __init__(self, dirpath: str | None, every_n_train_steps: int = 200):
+        self.dirpath = Path(dirpath or "checkpoints")
         self.every_n_train_steps = validation.integer("every_n_train_steps", every_n_train_steps, 1)
         self.saved_at_step: int | None = None
 

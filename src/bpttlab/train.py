@@ -100,9 +100,12 @@ def check_config(cfg: DictConfig, cache: dict | None = None) -> None:
     build_module(cfg, cache)
     _once(cache, "trainer", cfg.trainer, config_checks.check_trainer)
     _once(cache, "optim", cfg.optim, config_checks.check_optim)
-    grad_flow = (cfg.get("callbacks") or {}).get("grad_flow")
-    if grad_flow is not None:
-        _instantiate("callbacks.grad_flow", grad_flow, cache=cache, save_dir=None)
+    callbacks = cfg.get("callbacks") or {}
+    for name, node in callbacks.items():  # paths in the run dir: not made by a check
+        paths = {k: None for k in ("save_dir", "dirpath") if node is not None and k in node}
+        if node is not None:
+            _instantiate(f"callbacks.{name}", node, cache=cache, **paths)
+    grad_flow = callbacks.get("grad_flow")
     if grad_flow is not None and not cfg.get("logger"):
         raise validation.ConfigError(
             "logger",
