@@ -9,13 +9,15 @@ one line naming its key, before any training, with exit status 2.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
+import shlex
+import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -32,9 +34,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bpttlab import validation
+from bpttlab import config_checks, outcome, preflight, rundir, validation
+from bpttlab.checkpoint import save_atomically
 from bpttlab.hparams import hyperparameters
+from bpttlab.interrupts import Interrupted, StopOnSignal
 from bpttlab.module import SequenceModule
+from bpttlab.outcome import write_atomically
+from bpttlab.resume import check_resume, checkpoint_path
+from bpttlab.rundir import RunLock
+from bpttlab.runlog import ValidationLog, run_log
 from bpttlab.subnormals import flush_subnormals, subnormals_flushed
 from bpttlab.tasks.base import SEED_LIMIT
 
@@ -43,42 +51,62 @@ DIVERGED_OBJECTIVE = 1e3
 CONFIG_MISTAKES = (ValueError, TypeError, MisconfigurationException, OmegaConfBaseException)
 
 
-def build_module(cfg: DictConfig) -> SequenceModule:
+def build_module(cfg: DictConfig, cache: dict | None = None) -> SequenceModule:
     """Task, model, optimiser, BPTT schedule and clipping, assembled into a SequenceModule."""
     seed = validation.integer("seed", cfg.seed, 0)
     if seed >= SEED_LIMIT:
         raise validation.ConfigError("seed", seed, f"an integer from 0 to {SEED_LIMIT - 1}")
     validation.positive("optim.lr", cfg.optim.get("lr"))
-    L.seed_everything(seed, verbose=False)
-    task = _instantiate("task", cfg.task)
+    if cache is None:  # a check builds nothing that it keeps
+        L.seed_everything(seed, verbose=False)
+    task = _instantiate("task", cfg.task, cache=cache)
+    batch_size = cfg.module.get("batch_size")
+    if isinstance(batch_size, int):
+        config_checks.check_memory(cfg.cell, task.seq_len, task.input_size, batch_size)
     model = _instantiate(
         "cell",
         cfg.cell,
+        cache=cache,
         input_size=task.input_size,
         output_size=task.output_size,
         token_input=task.token_input,
         t_max=task.seq_len,
     )
-    make_module = _instantiate("module", cfg.module, _partial_=True)
+    make_module = _instantiate("module", cfg.module, cache=cache, _partial_=True)
     parts = {
-        "optimizer": _instantiate("optim", cfg.optim),
-        "bptt": _instantiate("bptt", cfg.bptt),
-        "clipping": _instantiate("clip", cfg.clip),
+        "optimizer": _instantiate("optim", cfg.optim, cache=cache),
+        "bptt": _instantiate("bptt", cfg.bptt, cache=cache),
+        "clipping": _instantiate("clip", cfg.clip, cache=cache),
     }
+    # what a module checks does not depend on the optimiser or the seed
+    slot = (
+        "module",
+        *(id(x) for x in (make_module, model, task, parts["bptt"], parts["clipping"])),
+    )
+    if cache is not None and slot in cache:
+        return cache[slot]
     try:  # objects, not configs: instantiate would turn them into DictConfigs
-        return make_module(model=model, task=task, seed=seed, **parts)
+        module = make_module(model=model, task=task, seed=seed, **parts)
     except validation.ConfigError as error:
         raise error.under("module") from None
+    if cache is not None:
+        cache[slot] = module
+    return module
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Build what a run is made of that can be built without a run dir, to validate ``cfg``."""
-    build_module(cfg)
-    validation.integer("trainer.max_steps", cfg.trainer.get("max_steps"), 1)
-    validation.boolean("flush_subnormals", cfg.get("flush_subnormals"))
-    grad_flow = (cfg.get("callbacks") or {}).get("grad_flow")
-    if grad_flow is not None:
-        _instantiate("callbacks.grad_flow", grad_flow, save_dir=None)
+def check_config(cfg: DictConfig, cache: dict | None = None) -> None:
+    """Build what a run is made of that can be built without a run dir, to validate ``cfg``.
+    With a ``cache`` (a sweep's check), each object is built once per config node."""
+    config_checks.check_top_level(cfg)
+    build_module(cfg, cache)
+    _once(cache, "trainer", cfg.trainer, config_checks.check_trainer)
+    _once(cache, "optim", cfg.optim, config_checks.check_optim)
+    callbacks = cfg.get("callbacks") or {}
+    for name, node in callbacks.items():  # paths in the run dir: not made by a check
+        paths = {k: None for k in ("save_dir", "dirpath") if node is not None and k in node}
+        if node is not None:
+            _instantiate(f"callbacks.{name}", node, cache=cache, **paths)
+    grad_flow = callbacks.get("grad_flow")
     if grad_flow is not None and not cfg.get("logger"):
         raise validation.ConfigError(
             "logger",
@@ -87,17 +115,50 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
+def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> L.Trainer:
     chosen = (cfg.get("callbacks") or {}).items()
     callbacks = [_instantiate(f"callbacks.{k}", v) for k, v in chosen if v is not None]
+    callbacks += list(extra_callbacks)
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     logger = _instantiate("logger", cfg.logger) if cfg.get("logger") else False
     return _instantiate("trainer", cfg.trainer, logger=logger, callbacks=callbacks)
 
 
-def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate; a bad value becomes a one-line ConfigError on ``key``."""
+def _instantiate(key: str, node: DictConfig, cache: dict | None = None, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate; a bad value becomes a one-line ConfigError on ``key``. With a
+    ``cache``, a node (the same object) with the same arguments is built, or fails, once."""
+    if cache is None:
+        return _build(key, node, **kwargs)
+    slot = (key, id(node), repr(sorted(kwargs.items())))
+    if slot not in cache:
+        try:
+            cache[slot] = (node, _build(key, node, **kwargs))
+        except validation.ConfigError as error:
+            cache[slot] = (node, error)
+    built = cache[slot][1]
+    if isinstance(built, validation.ConfigError):
+        raise built
+    return built
+
+
+def _once(cache: dict | None, key: str, node: DictConfig, check: Callable) -> None:
+    """``check(node)``, once per node when there is a cache."""
+    if cache is None:
+        return check(node)
+    slot = ("check", key, id(node))
+    if slot not in cache:
+        try:
+            check(node)
+            cache[slot] = (node, None)
+        except validation.ConfigError as error:
+            cache[slot] = (node, error)
+    if cache[slot][1] is not None:
+        raise cache[slot][1]
+
+
+def _build(key: str, node: DictConfig, **kwargs: Any) -> Any:
+    config_checks.check_finite(key, node)
     try:
         return instantiate(node, **kwargs)
     except Exception as error:
@@ -111,28 +172,112 @@ def _instantiate(key: str, node: DictConfig, **kwargs: Any) -> Any:
         raise
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Run one experiment into ``cfg.run_dir``; return the metrics written to metrics.json."""
+def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, Any]:
+    """Run one experiment into ``cfg.run_dir``; return the metrics written to metrics.json.
+
+    The run holds the run dir's lock throughout. A new run refuses a dir that already holds a
+    run; ``resume=true`` refuses anything but the run's own config and a readable checkpoint.
+    Whatever happens, metrics.json ends with a ``status``; a failed resume leaves the files
+    of the run it tried to continue as they were.
+    """
     run_dir = Path(cfg.run_dir)
-    module = build_module(cfg)
-    trainer = build_trainer(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    resume_from = checkpoint if cfg.get("resume") and checkpoint.exists() else None
-    start = time.perf_counter()
+    stop = stop or StopOnSignal()
+    stop.install()
     try:
-        trainer.fit(module, ckpt_path=resume_from)
-        if module.diverged_at_step is None and module.val_step != trainer.global_step:
-            trainer.validate(module, verbose=False)
+        module = build_module(cfg)
+        trainer = build_trainer(cfg, extra_callbacks=[stop])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(run_dir):
+            resume_from = check_run_dir(cfg)
+            with run_log(run_dir) as log:
+                trainer.callbacks.append(ValidationLog(log))
+                return _fit(cfg, module, trainer, stop, resume_from, log)
     finally:
-        metrics = summarise(module, trainer, time.perf_counter() - start)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if trainer.global_step > 0:
-            trainer.save_checkpoint(checkpoint, weights_only=False)
-        log_hparams(trainer, cfg, metrics)
-    print(f"run dir: {run_dir}\ntensorboard --logdir {run_dir}")
+        stop.uninstall()
+
+
+def check_run_dir(cfg: DictConfig) -> Path | None:
+    """The checkpoint to resume from (``resume=true``), or None for a new run in a dir that
+    holds no run yet."""
+    run_dir = Path(cfg.run_dir)
+    if validation.boolean("resume", cfg.get("resume", False)):
+        return check_resume(cfg)
+    if (run_dir / "config.yaml").exists() or (run_dir / "metrics.json").exists():
+        raise validation.ConfigError(
+            "hydra.run.dir",
+            str(run_dir),
+            "a directory that holds no run yet (this one does: add resume=true to continue it)",
+        )
+    return None
+
+
+def _fit(
+    cfg: DictConfig,
+    module: SequenceModule,
+    trainer: L.Trainer,
+    stop: StopOnSignal,
+    resume_from: Path | None,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    run_dir = Path(cfg.run_dir)
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    if resume_from is None:
+        write_atomically(run_dir / "config.yaml", resolved)
+    log.info("%s %s", "resume" if resume_from else "run", run_dir)
+    log.info("config: %s", " ".join(f"{k}={v}" for k, v in hyperparameters(cfg).items()))
+    log.info("budget: trainer.max_steps=%s", cfg.trainer.max_steps)
+    start = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        trainer.fit(module, ckpt_path=resume_from, weights_only=True)
+        done = stop.stopped_at_step is None and module.diverged_at_step is None
+        if done and module.val_step != trainer.global_step:
+            trainer.validate(module, verbose=False)
+    except Interrupted:
+        pass
+    except BaseException as caught:  # recorded as failed, then raised again
+        error = caught
+        log.error("exception during the run", exc_info=True)
+    metrics = summarise(module, trainer, time.perf_counter() - start)
+    metrics["status"] = status(module, stop, error)
+    if error is not None:
+        metrics["error"] = outcome.one_line(error)
+    keep_old = error is not None and resume_from is not None
+    if not keep_old:  # a failed resume leaves the finished record it tried to continue
+        outcome.write_metrics(run_dir, metrics)
+        if resume_from is not None:
+            write_atomically(run_dir / "config.yaml", resolved)  # the new budget
+    # an interrupted run was saved at the batch it stopped after
+    if error is None and stop.stopped_at_step is None and trainer.global_step > 0:
+        save_atomically(trainer, checkpoint_path(cfg))
+    log_hparams(trainer, cfg, metrics)
+    line = outcome.final_line(metrics, resume_hint(run_dir))
+    log.info(line)
+    print(f"run dir: {run_dir}\ntensorboard --logdir {shlex.quote(str(run_dir))}\n{line}")
+    if error is not None:
+        raise error
     return metrics
+
+
+def status(module: SequenceModule, stop: StopOnSignal, error: BaseException | None) -> str:
+    if error is not None:
+        return "failed"
+    if module.diverged_at_step is not None:
+        return "diverged"
+    if stop.stopped_at_step is not None:
+        return "interrupted"
+    return "completed"
+
+
+def resume_hint(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir``: this command, in that dir, resumed."""
+    args = [
+        a
+        for a in sys.argv[1:]
+        if a not in ("-m", "--multirun")
+        and not a.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "resume="))
+    ]
+    return shlex.join(["bpttlab-train", *args, f"hydra.run.dir={run_dir}", "resume=true"])
 
 
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
@@ -145,7 +290,7 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) ->
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hyperparameters(cfg), final)
-            logger.finalize("success")
+            logger.finalize(outcome.TENSORBOARD_STATUS[metrics["status"]])
 
 
 def objective(metrics: dict[str, Any], name: str) -> float:
@@ -200,25 +345,40 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # Checkpoints are taken after a batch's optimiser steps, which is what resuming needs.
     warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
-    torch.set_num_threads(torch_threads(cfg))
-    flush_subnormals(cfg.flush_subnormals)
     try:
-        metrics = train(cfg)
+        torch.set_num_threads(torch_threads(cfg))
+        flush_subnormals(cfg.flush_subnormals)
+        stop = StopOnSignal()
+        metrics = train(cfg, stop=stop)
     except validation.ConfigError as error:
         print(f"bpttlab-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Exception:
+        if _multirun():  # recorded as failed in its run dir; the sweep goes on
+            return DIVERGED_OBJECTIVE
+        raise SystemExit(1) from None  # train() printed the one-line outcome
+    if metrics["status"] == "interrupted":  # a sweep stops too; 128 + signal, as a shell says
+        raise SystemExit(128 + signal.Signals[stop.received].value)
     return objective(metrics, cfg.optimized_metric)
+
+
+def _multirun() -> bool:
+    return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
 
 
 def main() -> None:
     """Console entry point: check the command line in one line per error, then run Hydra."""
     try:
         validation.check_command_line(sys.argv[1:], CONFIG_DIR, "train", check_config)
+        preflight.check_run_dirs(sys.argv[1:], CONFIG_DIR, "train")
     except validation.ConfigError as error:
-        print(f"bpttlab-train: error: {error}", file=sys.stderr)
+        for line in getattr(error, "lines", [str(error)]):
+            print(f"bpttlab-train: error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
     _hydra_main()
 
+
+rundir.register_resolvers()
 
 if __name__ == "__main__":
     main()

@@ -7,12 +7,17 @@ in one line before the first run starts.
 
 from __future__ import annotations
 
+import copy
+import itertools
+import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -80,31 +85,155 @@ def positive(key: str, value: object) -> float:
 
 
 INFO_FLAGS = {"-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "--shell-completion"}
+RESERVED = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+"""Keys that pick the code a config builds: never from the command line."""
+MAX_RUNS = 10_000
+"""The most runs a sweep may ask for; a larger grid is refused in one line."""
+MAX_LINES = 50
+"""Invalid combinations listed one per line; the rest are counted in one more line."""
+
+
+class ConfigErrors(ConfigError):
+    """Several runs of a sweep that cannot run: ``str()`` is the first, ``lines`` all of them."""
+
+    def __init__(self, errors: list[ConfigError], lines: list[str]):
+        self.key = errors[0].key
+        self.errors = errors
+        self.lines = lines
+        ValueError.__init__(self, str(errors[0]))
+
+
+class Sections(dict):
+    """A composed config as its top-level sections, each a node of the config it came from:
+    a sweep's run shares every section it does not change with the other runs."""
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
 
 
 def check_command_line(
-    args: list[str], config_dir: str, config_name: str, build: Callable[[DictConfig], object]
+    args: list[str],
+    config_dir: str,
+    config_name: str,
+    build: Callable[[DictConfig, dict], object],
 ) -> None:
-    """Compose and ``build`` every run that ``args`` ask for; raise ConfigError on the first
-    that fails. Sweeps (``a=1,2 b=x,y``) are checked value by value, the other keys held at
-    their first value. Hydra's own overrides (``hydra...``) are left to Hydra.
+    """Compose and ``build`` every run that ``args`` ask for: with ``-m``, every combination of
+    the sweep values. Raise ConfigErrors listing each combination that fails, one line each.
+    Hydra's own overrides (``hydra...``) are left to Hydra.
+
+    A grid of N runs is not N compositions: each combination of config-group choices
+    (``cell=rnn,lstm``) is composed once, each section that a value override changes
+    (``task.gap=5,10``) is made once per group combination and value, and ``build`` gets a
+    cache, so that it builds each object once per distinct section.
     """
     if INFO_FLAGS & set(args):
         return
     lines = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
-    parsed = OverridesParser.create().parse_overrides(lines)
-    values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [None] for o in parsed]
-
-    def line(i: int, value: str | None) -> str:
-        return parsed[i].input_line if value is None else f"{parsed[i].get_key_element()}={value}"
-
-    base = [line(i, v[0]) for i, v in enumerate(values)]
-    runs = [base] + [
-        base[:i] + [line(i, v)] + base[i + 1 :] for i, vs in enumerate(values) for v in vs[1:]
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.lstrip("+~").split(".")[-1] in RESERVED:
+            raise ConfigError(
+                key.lstrip("+~"),
+                value,
+                "no override: a config group's yaml fixes it (pick another option of the group)",
+            )
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(lines)
+    except OverrideParseException as error:
+        bad = next((line for line in lines if line in str(error)), lines[0] if lines else "?")
+        key, _, value = bad.partition("=")
+        message = " ".join(str(error).split())
+        raise ConfigError(key, value, f"a value Hydra can parse ({message})") from None
+    values = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
+        if o.is_sweep_override()
+        else [o.input_line]
+        for o in parsed
     ]
+    runs = math.prod(len(v) for v in values)
+    if runs > MAX_RUNS:
+        swept = " ".join(o.input_line for o in parsed if o.is_sweep_override())
+        raise ConfigError(
+            "-m", swept, f"a sweep of at most {MAX_RUNS} runs (this one has {runs}): split it"
+        )
+    groups = [i for i, o in enumerate(parsed) if _is_group(o, config_dir)]
+    settings = [i for i in range(len(parsed)) if i not in groups]
+    errors: list[tuple[ConfigError, str]] = []
+    cache: dict = {}
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        for overrides in runs:
-            build(_compose(config_name, overrides))
+        for group_choice in itertools.product(*(values[i] for i in groups)):
+            try:
+                base = _compose(config_name, list(group_choice))
+            except ConfigError as error:
+                errors.append((error, " ".join(group_choice)))
+                continue
+            variants: dict[tuple[str, ...], object] = {
+                (): Sections((k, _section(base, k)) for k in base)
+            }
+            for setting_choice in itertools.product(*(values[i] for i in settings)):
+                run = " ".join((*group_choice, *setting_choice))
+                try:
+                    cfg = _run_sections(base, group_choice, setting_choice, variants, parser)
+                    build(cfg, cache)
+                except ConfigError as error:
+                    errors.append((error, run))
+    if errors:
+        sweep = runs > 1
+        text = [str(e) + (f" (in the run {run})" if sweep else "") for e, run in errors]
+        if len(text) > MAX_LINES:
+            text = text[:MAX_LINES] + [f"... and {len(text) - MAX_LINES} more invalid runs"]
+        raise ConfigErrors([e for e, _ in errors], text)
+
+
+def _is_group(override, config_dir: str) -> bool:
+    key = override.key_or_group.lstrip("+~")
+    return "." not in key and (Path(config_dir) / key).is_dir()
+
+
+def _run_sections(base, group_choice, setting_choice, variants, parser) -> Sections:
+    """The config of one run: ``base`` (its groups composed) with the value overrides applied,
+    each section made once per distinct set of overrides on it."""
+    by_section: dict[str, list[str]] = {}
+    for line in setting_choice:
+        section = line.lstrip("+~").split("=", 1)[0].split(".", 1)[0]
+        by_section.setdefault(section, []).append(line)
+    sections = Sections(variants[()])
+    for section, section_lines in by_section.items():
+        key = (section, *section_lines)
+        if key not in variants:
+            variant = _apply(base, section_lines, parser)
+            absent = isinstance(variant, ConfigError) or section not in variant
+            variants[key] = variant if absent else (_section(variant, section),)
+        variant = variants[key]
+        if isinstance(variant, ConfigError):
+            raise variant
+        if isinstance(variant, tuple):
+            sections[section] = variant[0]
+        else:  # the override deleted the section
+            sections.pop(section, None)
+    return sections
+
+
+def _section(cfg: DictConfig, key: str) -> object:
+    """``cfg[key]``; a value that needs a run to resolve (``${hydra:...}``) as None."""
+    try:
+        return cfg[key]
+    except OmegaConfBaseException:
+        return None
+
+
+def _apply(base: DictConfig, lines: list[str], parser) -> DictConfig | ConfigError:
+    cfg = copy.deepcopy(base)
+    try:
+        ConfigLoaderImpl._apply_overrides_to_config(parser.parse_overrides(lines), cfg)
+        OmegaConf.to_container(cfg, resolve=False)
+        return cfg
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        return _override_error(error, lines)
 
 
 def _compose(config_name: str, overrides: list[str]) -> DictConfig:
@@ -115,16 +244,20 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
         options = [o for o in error.options or [] if o != "base"]  # shared part, not an option
         raise ConfigError(group, option, "one of " + ", ".join(options)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as error:
-        message = " ".join(str(error).split())
-        keys = sorted(overrides, key=lambda o: -len(o.split("=")[0]))  # most specific first
-        bad = next((o for o in keys if o.split("=")[0].lstrip("+~") in message), None)
-        if "Config group override must be" in message:  # a group set to null
-            bad = next((o for o in overrides if o.endswith("=null")), bad)
-            key = (bad or "?=").split("=")[0]
-            raise ConfigError(key, None, f"a config name; drop the group with ~{key}") from None
-        key, _, value = (bad or "?=?").partition("=")
-        if "not in struct" in message or "Could not override" in message:
-            raise ConfigError(
-                key, value, "nothing: there is no such key (--cfg job lists them)"
-            ) from None
-        raise ConfigError(key, value, f"a valid value ({message})") from None
+        raise _override_error(error, overrides) from None
+
+
+def _override_error(error: Exception, overrides: list[str]) -> ConfigError:
+    message = " ".join(str(error).split())
+    keys = sorted(overrides, key=lambda o: -len(o.split("=")[0]))  # most specific first
+    bad = next((o for o in keys if o.split("=")[0].lstrip("+~") in message), None)
+    if bad is None and len(overrides) == 1:
+        bad = overrides[0]
+    if "Config group override must be" in message:  # a group set to null
+        bad = next((o for o in overrides if o.endswith("=null")), bad)
+        key = (bad or "?=").split("=")[0]
+        return ConfigError(key, None, f"a config name; drop the group with ~{key}")
+    key, _, value = (bad or "?=?").partition("=")
+    if "not in struct" in message or "Could not override" in message or "not found" in message:
+        return ConfigError(key, value, "nothing: there is no such key (--cfg job lists them)")
+    return ConfigError(key, value, f"a valid value ({message})")

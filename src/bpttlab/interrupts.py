@@ -1,0 +1,65 @@
+"""SIGINT (Ctrl-C) and SIGTERM (what SLURM sends on pre-emption) end a run at a batch
+boundary, with a checkpoint of that batch, as an interruption that can be resumed."""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+
+import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
+
+from bpttlab.checkpoint import LastCheckpoint
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(Exception):
+    """Training stopped after a batch because a signal asked it to."""
+
+
+class StopOnSignal(Checkpoint):
+    """Record the first SIGINT or SIGTERM; after the batch in flight, checkpoint and stop.
+
+    A Checkpoint subclass, so that Lightning runs it after every other callback of the batch
+    (the probes, the LastCheckpoint): the checkpoint then holds exactly the state a run never
+    interrupted has at that step. It stops by raising Interrupted, not by ``should_stop``,
+    which would make Lightning run one more validation than the uninterrupted run.
+
+    ``install`` takes over both signals (train() does so before building anything);
+    ``on_train_start`` takes them over again, after Lightning put its own SIGTERM handler in.
+    A second signal raises KeyboardInterrupt: the impatient way out.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self.stopped_at_step: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for signum in SIGNALS:
+            previous = signal.signal(signum, self._handle)
+            self._previous.setdefault(signum, previous)
+
+    def uninstall(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for signum in SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_args: object) -> None:
+        if self.received is None:
+            return
+        self.stopped_at_step = trainer.global_step
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback.save(trainer)
+        raise Interrupted(f"{self.received} at step {trainer.global_step}")

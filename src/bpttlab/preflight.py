@@ -1,0 +1,62 @@
+"""Checks on where a command line would write, made before Hydra creates anything: the run or
+sweep dir must be creatable, not in use by a live run, not hold a finished run (unless
+resuming it), and a resume must match the run it continues."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from bpttlab.resume import check_resume
+from bpttlab.rundir import busy, check_writable, live_pid
+from bpttlab.validation import ConfigError
+
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def last_value(args: list[str], key: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in args if a.startswith(key + "=")]
+    return values[-1] if values else None
+
+
+def is_multirun(args: list[str]) -> bool:
+    return any(a in MULTIRUN_FLAGS for a in args) or last_value(args, "hparams_search") not in (
+        None,
+        "null",
+    )
+
+
+def check_run_dirs(args: list[str], config_dir: str, config_name: str) -> None:
+    """Raise a one-line ConfigError when the run that ``args`` ask for cannot safely write."""
+    run_dir, sweep_dir = last_value(args, "hydra.run.dir"), last_value(args, "hydra.sweep.dir")
+    for key, value in (("hydra.run.dir", run_dir), ("hydra.sweep.dir", sweep_dir)):
+        if value is not None:
+            check_writable(key, value)
+    n_jobs = last_value(args, "hydra.launcher.n_jobs")
+    if n_jobs is not None and not (
+        n_jobs.lstrip("-").isdigit() and int(n_jobs) not in (0,) and int(n_jobs) >= -1
+    ):
+        raise ConfigError("hydra.launcher.n_jobs", n_jobs, "an integer >= 1, or -1 for every core")
+    if is_multirun(args):
+        return  # each job checks its own dir under its lock
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        extra = [f"run_dir={Path(run_dir).absolute()}"] if run_dir else []
+        cfg = compose(config_name=config_name, overrides=[*overrides, *extra])
+    if run_dir is None:
+        if cfg.get("resume"):
+            raise ConfigError("resume", True, "false unless hydra.run.dir names the run to resume")
+        return
+    path = Path(run_dir).absolute()
+    pid = live_pid(path)
+    if pid is not None:
+        raise busy("hydra.run.dir", run_dir, pid)
+    if cfg.get("resume"):
+        check_resume(cfg)
+    elif (path / "config.yaml").exists() or (path / "metrics.json").exists():
+        raise ConfigError(
+            "hydra.run.dir",
+            run_dir,
+            "a directory that holds no run yet (this one does: add resume=true to continue it)",
+        )

@@ -1,0 +1,180 @@
+"""A table of bad command lines: each exits 2 with one line on stderr that names the full key,
+and creates no run dir. Most run in-process through ``bpttlab.train.main``; a few as real
+subprocesses of the console script."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bpttlab import train
+from bpttlab.rundir import RunLock
+
+BAD = [
+    # groups and unknown keys
+    ("cell=transformer", "cell"),
+    ("task=sorting", "task"),
+    ("clip=hard", "clip"),
+    ("optim=lbfgs", "optim"),
+    ("bptt=sometimes", "bptt"),
+    ("logger=wandb", "logger"),
+    ("trainer=fast", "trainer"),
+    ("experiment=nope", "experiment"),
+    ("cell.hiden_size=64", "cell.hiden_size"),
+    ("trainer.max_stepz=10", "trainer.max_stepz"),
+    ("grad_flow.enabled=maybe", "grad_flow.enabled"),
+    ("callbacks.grad_flow.enabled=maybe", "callbacks.grad_flow.enabled"),
+    ("logger=null", "logger"),
+    ("~logger", "logger"),
+    # values
+    ("task.gap=0", "task.gap"),
+    ("task=copy task.gap=-3", "task.gap"),
+    ("task.gap=abc", "task.gap"),
+    ("task.gap=1.5", "task.gap"),
+    ("'task.gap=[1,2'", "task.gap"),
+    ("task=temporal_order task.gap=5", "task.gap"),
+    ("task=variable_copy task.gap=5", "task.gap"),
+    ("task=associative_recall task.num_keys=2", "task.num_keys"),
+    ("task=delayed_recall task.num_classes=1", "task.num_classes"),
+    ("task=copy task.recall_loss_only=maybe", "task.recall_loss_only"),
+    ("bptt.truncation=0", "bptt.truncation"),
+    ("bptt.truncation=-5", "bptt.truncation"),
+    ("bptt.truncation=20 bptt.update_every=30", "bptt.update_every"),
+    ("bptt.update_every=5", "bptt.update_every"),
+    ("clip.threshold=0", "clip.threshold"),
+    ("clip.threshold=-1", "clip.threshold"),
+    ("clip.threshold=inf", "clip.threshold"),
+    ("clip.mode=sometimes", "clip.mode"),
+    ("cell.hidden_size=0", "cell.hidden_size"),
+    ("cell.hidden_size=1000000000", "cell.hidden_size"),
+    ("cell.num_layers=0", "cell.num_layers"),
+    ("cell.embedding_dim=0", "cell.embedding_dim"),
+    ("cell.kind=transformer", "cell.kind"),
+    ("cell=rnn cell.nonlinearity=sigmoid", "cell.nonlinearity"),
+    ("cell=lstm cell.init=identity", "cell.init"),
+    ("cell.init=xavier", "cell.init"),
+    ("cell.forget_bias=nan", "cell.forget_bias"),
+    ("cell.onednn=maybe", "cell.onednn"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.lr=-1e-3", "optim.lr"),
+    ("optim.lr=nan", "optim.lr"),
+    ("optim=sgd optim.momentum=-1", "optim.momentum"),
+    ("optim=sgd optim.momentum=5", "optim.momentum"),
+    ("optim=rmsprop optim.alpha=2", "optim.alpha"),
+    ("optim=sgd +optim.weight_decay=-1", "optim.weight_decay"),
+    ("+optim.betas=[0.9,1.5]", "optim.betas.1"),
+    ("+optim.betas=[0.9]", "optim.betas"),
+    ("+optim.eps=0", "optim.eps"),
+    ("optim._target_=builtins.print", "optim._target_"),
+    ("task._target_=os.system", "task._target_"),
+    ("cell._target_=os.system", "cell._target_"),
+    ("+module._recursive_=false", "module._recursive_"),
+    ("seed=-1", "seed"),
+    ("seed=abc", "seed"),
+    ("seed=1.5", "seed"),
+    ("module.batch_size=0", "module.batch_size"),
+    ("module.val_batches=0", "module.val_batches"),
+    ("module.stop_when_solved=maybe", "module.stop_when_solved"),
+    ("threads=-2", "threads"),
+    ("threads=0", "threads"),
+    ("resume=maybe", "resume"),
+    ("resume=true", "resume"),
+    ("optimized_metric=normalised_loss", "optimized_metric"),
+    # trainer
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval"),
+    ("trainer.val_check_interval=0.5", "trainer.val_check_interval"),
+    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps"),
+    ("trainer.precision=banana", "trainer.precision"),
+    ("trainer.precision=16-mixed", "trainer.precision"),
+    ("trainer.accelerator=tpu", "trainer.accelerator"),
+    ("trainer.devices=2", "trainer.devices"),
+    ("trainer.num_sanity_val_steps=-1", "trainer.num_sanity_val_steps"),
+    ("trainer.enable_progress_bar=maybe", "trainer.enable_progress_bar"),
+    ("trainer.deterministic=sometimes", "trainer.deterministic"),
+    # callbacks
+    ("callbacks.grad_flow.every_n_steps=0", "callbacks.grad_flow.every_n_steps"),
+    ("callbacks.grad_flow.full_reference=maybe", "callbacks.grad_flow.full_reference"),
+    ("callbacks.grad_flow.past_threshold=0", "callbacks.grad_flow.past_threshold"),
+    ("callbacks.grad_flow.figures_every_n_steps=0", "callbacks.grad_flow.figures_every_n_steps"),
+    ("callbacks.checkpoint.every_n_train_steps=0", "callbacks.checkpoint.every_n_train_steps"),
+    # sweeps: every combination is checked
+    ("-m task.gap=50,0", "task.gap"),
+    ("-m cell=rnn,lstm,gur", "cell"),
+    ("-m task=copy,temporal_order task.gap=12,5,14", "task.gap"),
+    ("-m cell=rnn,lstm cell.init=default,identity", "cell.init"),
+    ("-m hydra/launcher=joblib hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs"),
+    # where the run would write
+    ("hydra.run.dir=", "hydra.run.dir"),
+    ("hydra.run.dir=a_file", "hydra.run.dir"),
+    ("hydra.run.dir=/proc/no/such/dir", "hydra.run.dir"),
+    ("hydra.sweep.dir=a_file -m seed=1,2", "hydra.sweep.dir"),
+    ("hydra.run.dir=live", "hydra.run.dir"),
+    ("hydra.run.dir=finished", "hydra.run.dir"),
+    ("hydra.run.dir=empty resume=true", "resume"),
+    ("hydra.run.dir=garbage resume=true", "resume"),
+]
+SUBPROCESS = {
+    "'task.gap=[1,2'",
+    "-m task=copy,temporal_order task.gap=12,5,14",
+    "hydra.run.dir=live",
+}
+CLI = str(Path(sys.executable).parent / "bpttlab-train")
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A working dir with a file, a dir a live run holds, a finished run, an empty dir and a
+    run whose checkpoint is garbage."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a directory\n")
+    for name in ("live", "finished", "empty", "garbage"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "finished" / "config.yaml").write_text("seed: 0\n")
+    (tmp_path / "finished" / "metrics.json").write_text("{}\n")
+    (tmp_path / "garbage" / "checkpoints").mkdir()
+    (tmp_path / "garbage" / "checkpoints" / "last.ckpt").write_bytes(b"\x00garbage")
+    with RunLock(tmp_path / "live"):
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        yield tmp_path
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert after == before  # nothing created: no run dir, no outputs/
+
+
+def check_one_line(stderr: str, key: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) >= 1 and all(line.startswith("bpttlab-train: error: ") for line in lines)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"bpttlab-train: error: {key}="), lines[0]
+    assert f"{key} accepts" in lines[0]
+
+
+@pytest.mark.parametrize(("line", "key"), BAD, ids=[b[0] for b in BAD])
+def test_bad_command_line_in_process(workdir, monkeypatch, capsys, line, key):
+    def would_run() -> None:
+        raise AssertionError(f"{line!r} was accepted")
+
+    monkeypatch.setattr(train, "_hydra_main", would_run)
+    monkeypatch.setattr(sys, "argv", ["bpttlab-train", *shlex.split(line)])
+    with pytest.raises(SystemExit) as exit_:
+        train.main()
+    assert exit_.value.code == 2
+    check_one_line(capsys.readouterr().err, key)
+
+
+@pytest.mark.parametrize("line", sorted(SUBPROCESS))
+def test_bad_command_line_as_a_real_process(workdir, line):
+    key = dict(BAD)[line]
+    result = subprocess.run(
+        [CLI, *shlex.split(line)], cwd=workdir, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    check_one_line(result.stderr, key)
+
+
+def test_the_table_is_long_enough():
+    assert len(BAD) >= 80 and len({line for line, _ in BAD}) == len(BAD)

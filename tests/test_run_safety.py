@@ -1,0 +1,110 @@
+"""Nothing lost: unique run dirs, a lock a killed run does not leave behind, a crash recorded
+as failed, a resume that refuses another config and leaves a finished record alone."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from omegaconf import open_dict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_train import SMALL, config
+
+from bpttlab import validation
+from bpttlab.resume import check_resume
+from bpttlab.rundir import RunLock, live_pid
+from bpttlab.train import train
+
+CLI = str(Path(sys.executable).parent / "bpttlab-train")
+TINY = [*SMALL, "task=copy", "callbacks.progress_bar=null", "trainer.val_check_interval=3"]
+
+
+class Crash(L.Callback):
+    """Raises in the middle of training, as a bug would."""
+
+    def on_train_batch_end(self, trainer, *_args):
+        if trainer.global_step >= 3:
+            raise RuntimeError("boom\nsecond line")
+
+
+def test_a_second_lock_on_a_live_run_dir_is_refused(tmp_path):
+    with RunLock(tmp_path):
+        assert live_pid(tmp_path) is not None
+        with pytest.raises(validation.ConfigError, match="no live run is using"), RunLock(tmp_path):
+            pass
+    assert live_pid(tmp_path) is None
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path):
+    """SIGKILL the process holding the lock: the lock is free at once."""
+    code = (
+        "import sys, time; from bpttlab.rundir import RunLock; "
+        f"lock = RunLock({str(tmp_path)!r}).__enter__(); print('locked', flush=True); time.sleep(60)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "locked"
+    assert live_pid(tmp_path) == process.pid
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert live_pid(tmp_path) is None
+    with RunLock(tmp_path):
+        pass
+
+
+def test_a_crash_is_recorded_as_failed_not_as_a_result(tmp_path, capsys):
+    cfg = config(*TINY, "trainer.max_steps=30", run_dir=tmp_path)
+    with open_dict(cfg):
+        cfg.callbacks.crash = {"_target_": f"{__name__}.Crash"}
+    with pytest.raises(RuntimeError, match="boom"):
+        train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"] == "RuntimeError: boom second line"
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("failed at step ") and last.endswith("RuntimeError: boom second line")
+    assert "Traceback" in (tmp_path / "train.log").read_text()  # the details stay in the log
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert events.Tags()["scalars"]
+
+
+def test_resume_refuses_another_config_and_keeps_the_finished_record(tmp_path, capsys):
+    metrics = train(config(*TINY, "trainer.max_steps=6", run_dir=tmp_path))
+    assert metrics["status"] == "completed"
+    log = (tmp_path / "train.log").read_text()
+    assert "validation at step 6" in log and log.strip().splitlines()[-1].endswith(
+        capsys.readouterr().out.strip().splitlines()[-1]
+    )
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    other = config(
+        *TINY, "trainer.max_steps=6", "cell=gru", "seed=7", "resume=true", run_dir=tmp_path
+    )
+    with pytest.raises(validation.ConfigError) as error:
+        check_resume(other)
+    assert str(error.value).endswith("this command changes cell.forget_bias, cell.kind, seed")
+    with pytest.raises(validation.ConfigError):
+        train(other)
+    # only the budget may change: that resume goes on and ends completed
+    longer = config(*TINY, "trainer.max_steps=12", "resume=true", run_dir=tmp_path)
+    assert before["metrics.json"] == (tmp_path / "metrics.json").read_bytes()
+    assert train(longer)["steps"] == 12
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_get_their_own_dirs(tmp_path):
+    args = [*TINY, "trainer.max_steps=2"]
+    processes = [
+        subprocess.Popen([CLI, *args], cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes)
+    dirs = sorted((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(dirs) == 2 and all(f"run dir: {d}" in "".join(outputs) for d in dirs)
+    assert all("_seed0_" in d.name for d in dirs)
+    for d in dirs:
+        assert json.loads((d / "metrics.json").read_text())["status"] == "completed"
