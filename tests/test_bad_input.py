@@ -76,6 +76,8 @@ BAD = [
     ("seed=-1", "seed"),
     ("seed=abc", "seed"),
     ("seed=1.5", "seed"),
+    ("seed=0,1,2", "seed"),
+    ("experiment=results task=copy cell.hidden_size=32,64", "cell.hidden_size"),
     ("module.batch_size=0", "module.batch_size"),
     ("module.val_batches=0", "module.val_batches"),
     ("module.stop_when_solved=maybe", "module.stop_when_solved"),
@@ -112,7 +114,7 @@ BAD = [
     ("hydra.run.dir=", "hydra.run.dir"),
     ("hydra.run.dir=a_file", "hydra.run.dir"),
     ("hydra.run.dir=/proc/no/such/dir", "hydra.run.dir"),
-    ("hydra.sweep.dir=a_file -m seed=1,2", "hydra.sweep.dir"),
+    ("-m hydra.sweep.dir=a_file seed=1,2", "hydra.sweep.dir"),
     ("hydra.run.dir=live", "hydra.run.dir"),
     ("hydra.run.dir=finished", "hydra.run.dir"),
     ("hydra.run.dir=empty resume=true", "resume"),
@@ -174,6 +176,41 @@ def test_bad_command_line_as_a_real_process(workdir, line):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     check_one_line(result.stderr, key)
+
+
+USAGE = [
+    "--bogus",
+    "seed=1 -m cell=rnn,gru",
+    "-m seed=0,1 --run",
+    "-m experiment=results seed=0,1,2 --cfg job",
+    "seed=1 --config-name nope",
+    "--config-dir elsewhere",
+]
+
+
+@pytest.mark.parametrize("line", USAGE)
+def test_flags_hydra_refuses_are_one_line(workdir, monkeypatch, capsys, line):
+    monkeypatch.setattr(train, "_hydra_main", lambda: pytest.fail(f"{line!r} was accepted"))
+    monkeypatch.setattr(sys, "argv", ["bpttlab-train", *shlex.split(line)])
+    with pytest.raises(SystemExit) as exit_:
+        train.main()
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bpttlab-train: error: "), lines
+    assert "--help" in lines[0]
+
+
+def test_print_only_flags_are_left_to_hydra(workdir, monkeypatch):
+    """--cfg job prints the composed config and runs nothing: no check may trip on its value."""
+    result = subprocess.run(
+        [CLI, "experiment=results", "task=copy", "--cfg", "job"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "gap: " in result.stdout and not result.stderr
 
 
 def test_the_table_is_long_enough():

@@ -369,8 +369,10 @@ def _multirun() -> bool:
 def main() -> None:
     """Console entry point: check the command line in one line per error, then run Hydra."""
     try:
-        validation.check_command_line(sys.argv[1:], CONFIG_DIR, "train", check_config)
-        preflight.check_run_dirs(sys.argv[1:], CONFIG_DIR, "train")
+        args = validation.hydra_arguments(sys.argv[1:])
+        if args is not None:  # None: --help, --cfg, --info and the like, which run nothing
+            validation.check_command_line(args, CONFIG_DIR, "train", check_config)
+            preflight.check_run_dirs(args, CONFIG_DIR, "train")
     except validation.ConfigError as error:
         for line in getattr(error, "lines", [str(error)]):
             print(f"bpttlab-train: error: {line}", file=sys.stderr)

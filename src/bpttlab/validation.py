@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.utils import get_args_parser
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
@@ -84,7 +85,41 @@ def positive(key: str, value: object) -> float:
     return float(value)
 
 
-INFO_FLAGS = {"-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "--shell-completion"}
+class UsageError(ConfigError):
+    """A command line that Hydra's own argument parser refuses."""
+
+    def __init__(self, message: str):
+        self.key = "command line"
+        ValueError.__init__(self, f"{message} (bpttlab-train --help lists the flags)")
+
+
+def hydra_arguments(argv: list[str]) -> list[str] | None:
+    """``argv`` as Hydra will read it: its overrides, after ``-m`` when it is a multirun.
+    None when the flags only print something (``--help``, ``--cfg``, ``--info``...)."""
+    parser = get_args_parser()
+
+    def refuse(message: str) -> None:
+        if message.startswith("unrecognized arguments: ") and "=" in message:
+            message += "; overrides cannot be split by a flag: put the flags first"
+        raise UsageError(message)
+
+    parser.error = refuse
+    parsed = parser.parse_args(argv)
+    modes = [parsed.run, parsed.multirun, parsed.cfg, parsed.info, parsed.shell_completion]
+    if sum(bool(mode) for mode in modes) > 1:
+        raise UsageError("at most one of --run, --multirun (-m), --cfg, --info, --shell-completion")
+    for flag, value in (
+        ("--config-path", parsed.config_path),
+        ("--config-name", parsed.config_name),
+        ("--config-dir", parsed.config_dir),
+    ):
+        if value is not None:
+            raise UsageError(f"{flag} {value}: bpttlab-train composes its own config (conf/)")
+    if parsed.help or parsed.hydra_help or parsed.experimental_rerun or any(modes[2:]):
+        return None
+    return (["-m"] if parsed.multirun else []) + list(parsed.overrides)
+
+
 RESERVED = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
 """Keys that pick the code a config builds: never from the command line."""
 MAX_RUNS = 10_000
@@ -129,8 +164,6 @@ def check_command_line(
     (``task.gap=5,10``) is made once per group combination and value, and ``build`` gets a
     cache, so that it builds each object once per distinct section.
     """
-    if INFO_FLAGS & set(args):
-        return
     lines = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
     for line in lines:
         key, _, value = line.partition("=")
@@ -154,6 +187,13 @@ def check_command_line(
         else [o.input_line]
         for o in parsed
     ]
+    multirun = bool({"-m", "--multirun"} & set(args))
+    for o in parsed:
+        if o.is_sweep_override() and not multirun:
+            key, _, value = o.input_line.partition("=")
+            raise ConfigError(
+                key, value, "one value; to sweep over several, add -m (bpttlab-train -m ...)"
+            )
     runs = math.prod(len(v) for v in values)
     if runs > MAX_RUNS:
         swept = " ".join(o.input_line for o in parsed if o.is_sweep_override())
