@@ -69,6 +69,39 @@ def test_rnn_profile_matches_explicit_jacobian_chain(tmp_path, truncation):
     np.testing.assert_allclose(profile, expected, rtol=1e-6, atol=1e-14)
 
 
+def test_overlapping_windows_sum_their_gradients(tmp_path):
+    """TBPTT(k1=2, k2=4): the windows overlap, so dL/dh_k is the sum over the windows that run
+    step k of each window's own chain (direct terms inside its loss span, cut at its start),
+    at the fixed weights of lr=0; the logged profile is the norm of that sum."""
+    task = CopyTask(gap=6)
+    module = small_module(task, "rnn", truncation=4, update_every=2, lr=0.0)
+    w = weights_of(module)
+    batch = task.generate(4, batch_generator(0, TRAIN, 0, "cpu"))
+    profile = probe_once(tmp_path, module)["h_layer0"]
+
+    x = w["model.encoder.weight"][batch.inputs]
+    W_ih, W_hh = w["model.layers.0.rnn.weight_ih_l0"], w["model.layers.0.rnn.weight_hh_l0"]
+    bias = w["model.layers.0.rnn.bias_ih_l0"] + w["model.layers.0.rnn.bias_hh_l0"]
+    h, hs = torch.zeros(4, 6, dtype=torch.float64), []
+    for t in range(task.seq_len):
+        h = torch.tanh(x[:, t] @ W_ih.T + h @ W_hh.T + bias)
+        hs.append(h)
+    direct = output_delta(w, torch.stack(hs, 1), batch) @ w["model.readout.weight"]
+    total = torch.zeros(task.seq_len, 4, 6, dtype=torch.float64)
+    windows = [(max(ls - 2, 0), ls, min(ls + 2, task.seq_len)) for ls in range(0, task.seq_len, 2)]
+    overlapped = 0
+    for start, loss_start, end in windows:
+        g = None
+        for t in reversed(range(start, end)):
+            own = direct[:, t] if t >= loss_start else torch.zeros(4, 6, dtype=torch.float64)
+            g = own if g is None else own + (g * (1 - hs[t + 1] ** 2)) @ W_hh
+            overlapped += bool(total[t].any() and g.any())
+            total[t] += g
+    assert overlapped > 0  # some step really gets gradients from two windows
+    expected = total.norm(dim=-1).mean(dim=-1).numpy()
+    np.testing.assert_allclose(profile, expected, rtol=1e-6, atol=1e-14)
+
+
 def test_lstm_profile_matches_zero_leaf_reference(tmp_path):
     """Two-layer LSTM: a hand-written forward with a zero leaf added to every h_k and c_k gives
     the total gradients by autograd; they equal the logged h and c profiles of both layers."""

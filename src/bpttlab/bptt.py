@@ -13,6 +13,7 @@ a gradient at fixed weights (the full-BPTT reference of gradient flow, the bench
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -71,6 +72,13 @@ class BPTT:
         starts = [max(s - (k2 - k1), 0) for s in loss_starts]  # k2 steps back from a full k1
         carries = starts[1:] + [ends[-1]]
         return [Window(*w) for w in zip(starts, carries, loss_starts, ends, strict=True)]
+
+
+def shared_timesteps(windows: Sequence[Window]) -> frozenset[int]:
+    """The timesteps that more than one window runs (TBPTT with update_every < truncation)."""
+    return frozenset(
+        t for before, after in itertools.pairwise(windows) for t in range(after.start, before.end)
+    )
 
 
 TraceHook = Callable[[Trace, int], None]

@@ -25,6 +25,8 @@ from bpttlab.tasks import Batch, BatchSource, Task
 from bpttlab.validation import integer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+VALIDATION_CHUNK = 1024
+"""Timesteps per forward call in validation."""
 
 
 class SequenceModule(L.LightningModule):
@@ -178,18 +180,24 @@ class SequenceModule(L.LightningModule):
 
     # -- validation --------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val_outputs: list[tuple[Tensor, Batch]] = []
+        self._val_sums: Tensor | None = None
 
     def validation_step(self, index: int, _batch_idx: int) -> None:
-        batch = self.data.validation(index, self.device)
-        outputs = self.model(batch.inputs).outputs
-        self._val_outputs.append((outputs, batch))
+        sums = self.metric_sums(self.data.validation(index, self.device))
+        self._val_sums = sums if self._val_sums is None else self._val_sums + sums
+
+    def metric_sums(self, batch: Batch) -> Tensor:
+        """The task's ``metric_sums`` over ``batch``, the model run ``VALIDATION_CHUNK`` steps at
+        a time with its state carried: memory does not grow with the sequence."""
+        sums, state = 0, None
+        for start in range(0, batch.inputs.shape[1], VALIDATION_CHUNK):
+            end = start + VALIDATION_CHUNK
+            outputs, state, _ = self.model(batch.inputs[:, start:end], state)
+            sums = sums + self.task.metric_sums(outputs, batch.slice(start, end))
+        return sums
 
     def on_validation_epoch_end(self) -> None:
-        outputs = torch.cat([o for o, _ in self._val_outputs])
-        batch = Batch.concat([b for _, b in self._val_outputs])
-        self._val_outputs = []
-        metrics = self.task.metrics(outputs, batch)
+        metrics = self.task.metrics_from(self._val_sums)
         self.val_metrics = metrics
         self.val_step = self.global_step
         self.log_dict(

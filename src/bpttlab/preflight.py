@@ -40,14 +40,14 @@ def check_run_dirs(args: list[str], config_dir: str, config_name: str) -> None:
         raise ConfigError("hydra.launcher.n_jobs", n_jobs, "an integer >= 1, or -1 for every core")
     if is_multirun(args):
         return  # each job checks its own dir under its lock
-    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        extra = [f"run_dir={Path(run_dir).absolute()}"] if run_dir else []
-        cfg = compose(config_name=config_name, overrides=[*overrides, *extra])
-    if run_dir is None:
-        if cfg.get("resume"):
+    if run_dir is None:  # a new, unique run dir
+        if str(last_value(args, "resume")).lower() == "true":
             raise ConfigError("resume", True, "false unless hydra.run.dir names the run to resume")
         return
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        extra = [f"run_dir={Path(run_dir).absolute()}"]
+        cfg = compose(config_name=config_name, overrides=[*overrides, *extra])
     path = Path(run_dir).absolute()
     pid = live_pid(path)
     if pid is not None:

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from bpttlab import validation
+from bpttlab.bptt import shared_timesteps
 from bpttlab.gradflow.figures import heatmap_figure, profile_figure
 from bpttlab.gradflow.profile import Probe, profile_summary, save_profile
 from bpttlab.module import SequenceModule
@@ -101,7 +102,8 @@ class GradientFlow(L.Callback):
         if not self._due(step):
             return
         self._last_probe = step
-        self._probe = Probe(step, pl_module.batch_size, pl_module.task.seq_len)
+        shared = shared_timesteps(pl_module.windows)
+        self._probe = Probe(step, pl_module.batch_size, pl_module.task.seq_len, shared)
         pl_module.trace_next_step(self._probe)
         if self.full_reference and pl_module.bptt.truncation is not None:
             reference = Probe(step, pl_module.batch_size, pl_module.task.seq_len)
@@ -112,7 +114,7 @@ class GradientFlow(L.Callback):
     ) -> None:
         probe, self._probe = self._probe, None
         reference, self._reference = self._reference, None
-        if probe is None or not probe.grads:  # not probed, or diverged before a backward
+        if probe is None or not probe.recorded:  # not probed, or diverged before a backward
             return
         profiles = probe.profiles()
         full = reference[0].profiles() if reference else {}

@@ -32,43 +32,83 @@ class Probe:
     """Gradients of one probed training step, recorded by tensor hooks during its backward; a
     trace hook (``bptt.run_windows``): call it with each Trace and its first timestep.
 
-    ``grads[(name, layer)]`` is a (T, B, state_size) tensor: the gradient of the batch-mean
-    training loss that flowed into state ``name`` of ``layer`` at each timestep, before any
-    per-timestep clipping at that timestep; under TBPTT, summed over the windows that hold the
-    timestep; zero where no gradient arrived.
+    Each state's gradient is reduced to its profile value (``step_norm``) as soon as it is
+    complete, so a probe's memory does not grow with the sequence. A timestep that several
+    windows run (TBPTT with update_every < truncation: ``shared``) sums its windows' gradients
+    first; it is complete once a later window starts after it.
+
+    Args:
+        step: the optimiser step probed.
+        batch_size: B, for the profile's per-example scale.
+        seq_len: T.
+        shared: timesteps that more than one window runs (``bptt.shared_timesteps``).
     """
 
-    def __init__(self, step: int, batch_size: int, seq_len: int):
+    def __init__(
+        self, step: int, batch_size: int, seq_len: int, shared: frozenset[int] = frozenset()
+    ):
         self.step = step
         self.batch_size = batch_size
         self.seq_len = seq_len
-        self.grads: dict[tuple[str, int], Tensor] = {}
+        self.shared = shared
+        self.norms: dict[tuple[str, int], Tensor] = {}
+        self._pending: dict[tuple[str, int], dict[int, Tensor]] = {}
+        self._recorded_since_trace = False
 
     def __call__(self, trace: Trace, offset: int) -> None:
+        if self._recorded_since_trace:  # a new window: no later one runs the steps before it
+            self._complete(before=offset)
+            self._recorded_since_trace = False
         for name, layer, t, state in trace.states():
-            state.register_hook(partial(self._record, name, layer, offset + t))
+            state.register_hook(partial(self._record, (name, layer), offset + t))
 
-    def _record(self, name: str, layer: int, t: int, grad: Tensor) -> None:
-        buffer = self.grads.get((name, layer))
-        if buffer is None:
-            buffer = self.grads[(name, layer)] = grad.new_zeros(self.seq_len, *grad.shape)
-        buffer[t] += grad
+    @property
+    def recorded(self) -> bool:
+        """Whether any gradient arrived (a step that diverged before its backward has none)."""
+        return bool(self.norms or self._pending)
+
+    def _record(self, key: tuple[str, int], t: int, grad: Tensor) -> None:
+        self._recorded_since_trace = True
+        if t not in self.shared:
+            self._store(key, t, grad)
+            return
+        pending = self._pending.setdefault(key, {})
+        pending[t] = pending[t] + grad if t in pending else grad.clone()
+
+    def _store(self, key: tuple[str, int], t: int, grad: Tensor) -> None:
+        norms = self.norms.get(key)
+        if norms is None:
+            norms = self.norms[key] = torch.zeros(
+                self.seq_len, dtype=torch.float64, device=grad.device
+            )
+        norms[t] = step_norm(grad, self.batch_size)
+
+    def _complete(self, before: int) -> None:
+        for key, pending in self._pending.items():
+            for t in [t for t in pending if t < before]:
+                self._store(key, t, pending.pop(t))
 
     def profiles(self) -> dict[str, np.ndarray]:
         """``{"<name>_layer<l>": (T,) profile}`` for every recorded state."""
+        self._complete(before=self.seq_len)
         return {
-            f"{name}_layer{layer}": state_norms(grads, self.batch_size)
-            for (name, layer), grads in sorted(self.grads.items())
+            f"{name}_layer{layer}": norms.cpu().numpy()
+            for (name, layer), norms in sorted(self.norms.items())
         }
 
 
+def step_norm(grad: Tensor, batch_size: int) -> Tensor:
+    """(B, H) gradient of the batch-mean loss at one timestep -> the mean per-example norm of
+    the batch-sum loss's gradient (see the module docstring), in float64; a complex state's
+    norm is over its real and imaginary parts."""
+    if grad.is_complex():
+        grad = torch.view_as_real(grad).flatten(-2)
+    return (grad.double() * batch_size).norm(dim=-1).mean(dim=-1)
+
+
 def state_norms(grads: Tensor, batch_size: int) -> np.ndarray:
-    """(T, B, H) gradients of the batch-mean loss -> (T,) mean per-example norm of the batch-sum
-    loss's gradient (see the module docstring); a complex state's norm is over its real and
-    imaginary parts."""
-    if grads.is_complex():
-        grads = torch.view_as_real(grads).flatten(-2)
-    return (grads.double() * batch_size).norm(dim=-1).mean(dim=-1).cpu().numpy()
+    """(T, B, H) gradients -> the (T,) profile: ``step_norm`` at every timestep."""
+    return step_norm(grads, batch_size).cpu().numpy()
 
 
 def profile_summary(profile: np.ndarray, past_threshold: float) -> dict[str, float]:

@@ -69,15 +69,6 @@ class Batch:
         mask[:, -n:] = True
         return Batch(inputs, targets, mask, mask.clone() if scored else None)
 
-    @staticmethod
-    def concat(batches: list[Batch]) -> Batch:
-        """Stack batches along the batch dimension."""
-        scored = None if batches[0].scored is None else torch.cat([b.scored for b in batches])
-        return Batch(
-            *(torch.cat([getattr(b, f) for b in batches]) for f in ("inputs", "targets", "mask")),
-            scored,
-        )
-
 
 @dataclass
 class Task:
@@ -136,12 +127,25 @@ class Task:
         return self.position_losses(outputs, batch).sum() / batch.mask.sum()
 
     @torch.no_grad()
-    def metrics(self, outputs: Tensor, batch: Batch) -> dict[str, float]:
-        """loss, normalized_loss (loss / baseline), accuracy (classification), solved."""
-        loss = self.loss(outputs, batch).item()
-        metrics = {"loss": loss, "normalized_loss": loss / self.baseline_loss}
+    def metric_sums(self, outputs: Tensor, batch: Batch) -> Tensor:
+        """Sums that add up over batches and over chunks of time, in float64: the loss over
+        the masked positions, their count and, for classification, the correct and scored
+        positions. ``metrics_from`` turns their total into metrics."""
+        sums = [self.position_losses(outputs, batch).sum(), batch.mask.sum()]
         if self.classification and batch.scored is not None:
             correct = (outputs.argmax(-1) == batch.targets) & batch.scored
-            metrics["accuracy"] = (correct.sum() / batch.scored.sum()).item()
+            sums += [correct.sum(), batch.scored.sum()]
+        return torch.stack([s.double() for s in sums])
+
+    def metrics_from(self, sums: Tensor) -> dict[str, float]:
+        """loss, normalized_loss (loss / baseline), accuracy (classification), solved."""
+        loss = (sums[0] / sums[1]).item()
+        metrics = {"loss": loss, "normalized_loss": loss / self.baseline_loss}
+        if len(sums) == 4:
+            metrics["accuracy"] = (sums[2] / sums[3]).item()
         metrics["solved"] = float(math.isfinite(loss) and self.solved(metrics))
         return metrics
+
+    def metrics(self, outputs: Tensor, batch: Batch) -> dict[str, float]:
+        """``metrics_from`` the ``metric_sums`` of one batch."""
+        return self.metrics_from(self.metric_sums(outputs, batch))
