@@ -119,7 +119,6 @@ class GradientFlow(L.Callback):
         profiles = probe.profiles()
         full = reference[0].profiles() if reference else {}
         cosine = reference[1] if reference else None
-        self._log(trainer, pl_module, probe.step, profiles, full, cosine)
         self.save_dir.mkdir(parents=True, exist_ok=True)
         save_profile(
             self.save_dir / f"step_{probe.step:06d}.npz",
@@ -131,6 +130,7 @@ class GradientFlow(L.Callback):
             profiles,
             full,
         )
+        self._log(trainer, pl_module, probe.step, profiles, full, cosine)
 
     def on_train_end(self, trainer, pl_module: SequenceModule) -> None:
         if self._undrawn is not None:

@@ -1,0 +1,149 @@
+"""Benchmark whole runs through the real command line: peak memory and start-up.
+
+    python scripts/bench_runs.py [--sections memory,startup] [--repeats N] [--json PATH]
+
+1. Memory. Peak resident memory (the child's own ``ru_maxrss``) of ``bpttlab-train task=copy``
+   with truncated BPTT (truncation 20) at gap 1000 and gap 10000: 20 optimiser steps, a
+   GradientFlow probe every 10 steps, validation every 10 batches (batch generation, probes
+   and validation included), and full BPTT at gap 10000 for comparison. Target: TBPTT's peak
+   grows by at most 10 % from gap 1000 to gap 10000.
+
+2. Start-up. Time from launching ``bpttlab-train`` (the default run) to the end of its first
+   training step, seen as the first probe's npz appearing, against ``python -c "import
+   lightning"`` until its import is done; alternated A B A B, medians. Target: at most 1.3x.
+
+Both run with one torch thread (``threads=1``), so that a busy machine does not stall them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLI = str(Path(sys.executable).parent / "bpttlab-train")
+QUIET = ["threads=1", "trainer.enable_progress_bar=false"]
+MEMORY_RUNS = {
+    "TBPTT(20), gap 1000": ["task.gap=1000", "bptt.truncation=20"],
+    "TBPTT(20), gap 10000": ["task.gap=10000", "bptt.truncation=20"],
+    "full BPTT, gap 10000": ["task.gap=10000", "trainer.max_steps=2"],
+}
+MEMORY_TARGET = 1.10
+STARTUP_TARGET = 1.3
+
+
+def peak_memory_mb(args: list[str], run_dir: Path) -> float:
+    """Run the CLI to the end; its peak resident set in MB."""
+    command = [CLI, "task=copy", "trainer.max_steps=20", "trainer.val_check_interval=10"]
+    command += ["callbacks.grad_flow.every_n_steps=10", *QUIET, *args, f"hydra.run.dir={run_dir}"]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{child.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024
+
+
+def memory() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        peaks = {}
+        for i, (name, args) in enumerate(MEMORY_RUNS.items()):
+            print(f"  memory: {name}", file=sys.stderr)
+            peaks[name] = peak_memory_mb(args, Path(tmp) / str(i))
+    growth = peaks["TBPTT(20), gap 10000"] / peaks["TBPTT(20), gap 1000"]
+    return {"peak_mb": peaks, "tbptt_growth": growth}
+
+
+def seconds_to_first_step(workdir: Path) -> float:
+    """Launch the default run in ``workdir`` (it makes its own run dir under outputs/);
+    seconds until its first probe, written at the end of step 0, is on disk."""
+    workdir.mkdir()
+    start = time.perf_counter()
+    child = subprocess.Popen(
+        [CLI, "trainer.max_steps=1", *QUIET],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    while not any(workdir.glob("outputs/**/grad_flow/step_000000.npz")):
+        if child.poll() is not None:
+            raise SystemExit(f"bpttlab-train exited with {child.returncode} before its first step")
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - start
+    child.wait()
+    return elapsed
+
+
+def seconds_to_import_lightning() -> float:
+    """Launch ``python -c "import lightning"``; seconds until the import is done (its exit,
+    which tears down torch, is not counted, as it is not for bpttlab-train)."""
+    start = time.time()
+    done = subprocess.run(
+        [sys.executable, "-c", "import time, lightning; print(time.time())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return float(done.stdout) - start
+
+
+def startup(repeats: int) -> dict:
+    times: dict[str, list[float]] = {"import lightning": [], "bpttlab-train": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        seconds_to_import_lightning()  # warm the file cache for both
+        for i in range(repeats):
+            print(f"  start-up: round {i + 1}/{repeats}", file=sys.stderr)
+            times["import lightning"].append(seconds_to_import_lightning())
+            times["bpttlab-train"].append(seconds_to_first_step(Path(tmp) / str(i)))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "seconds": times,
+        "median": medians,
+        "ratio": medians["bpttlab-train"] / medians["import lightning"],
+    }
+
+
+def verdict(met: bool, target: str) -> str:
+    return f"met ({target})" if met else f"MISSED ({target})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sections", default="memory,startup", help="memory,startup or one")
+    parser.add_argument("--repeats", type=int, default=5, help="start-up rounds (A B)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+    if sections - {"memory", "startup"} or args.repeats < 1:
+        parser.error("--sections takes memory, startup; --repeats >= 1")
+    report = {}
+    if "memory" in sections:
+        report["memory"] = r = memory()
+        print("1. Peak memory of bpttlab-train task=copy (20 steps, probes, validation)")
+        for name, mb in r["peak_mb"].items():
+            print(f"  {name:24s} {mb:8.0f} MB")
+        growth = r["tbptt_growth"]
+        print(
+            f"  TBPTT gap 10000 / gap 1000: {growth:.3f} {verdict(growth <= MEMORY_TARGET, '<= 1.10')}"
+        )
+    if "startup" in sections:
+        report["startup"] = r = startup(args.repeats)
+        print(f"2. Start-up, medians of {args.repeats}")
+        for name, seconds in r["median"].items():
+            print(f"  {name:24s} {seconds:8.2f} s")
+        ratio = r["ratio"]
+        print(
+            f"  to first step / import lightning: {ratio:.2f} {verdict(ratio <= STARTUP_TARGET, '<= 1.3')}"
+        )
+    print(f"load average at end {[round(v, 2) for v in os.getloadavg()]}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
