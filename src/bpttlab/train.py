@@ -345,6 +345,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     # Checkpoints are taken after a batch's optimiser steps, which is what resuming needs.
     warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
+    # Short runs log less often than log_every_n_steps asks, which is what they should do.
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     try:
         torch.set_num_threads(torch_threads(cfg))
         flush_subnormals(cfg.flush_subnormals)
