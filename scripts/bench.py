@@ -23,8 +23,8 @@ the median of its repeats, with warm-up runs excluded, and the ratio of the medi
    Target: bpttlab / plain >= 0.90.
 
 2. GradientFlow overhead. The same bpttlab run (full BPTT) with the GradientFlow callback
-   probing every 50 steps against the run without it, over 150 batches per run, i.e. probes
-   at steps 0, 50 and 100. Target: with / without >= 0.90. Also the cost of one probe, from
+   probing every 10 steps against the run without it, over 150 batches per run, i.e. 15
+   probes. Target: with / without >= 0.95. Also the cost of one probe, from
    the per-batch times of the runs with GradientFlow (median probed batch minus median other
    batch, which whole-run times are too noisy to resolve), and the throughput ratio those
    per-batch times imply in steady state.
@@ -76,7 +76,8 @@ from bpttlab.tasks import TRAIN, batch_generator
 
 SEED = 0
 LR = 3e-3
-TARGET = 0.90
+TARGET = 0.90  # framework overhead
+PROBE_TARGET = 0.95  # GradientFlow every 10 steps
 LOG_EVERY = 10  # conf/trainer/default.yaml
 
 Weights = dict[str, torch.Tensor]
@@ -98,7 +99,7 @@ class Config:
     batches_truncated: int = 30  # per timed run, truncation
     repeats: int = 5  # timed runs per implementation, sections 1 and 3
     gradflow_batches: int = 150
-    gradflow_every: int = 50
+    gradflow_every: int = 10
     gradflow_repeats: int = 3
     kernel_warmup: int = 2
 
@@ -425,8 +426,8 @@ def gradflow_overhead(cfg: Config, weights: Weights) -> dict:
         "per_probe_ms_from_runs": 1000 * (median(with_flow) - median(without)) / len(probes),
         "implied_steady_ratio": every * unprobed / (every * unprobed + probed - unprobed),
         "ratio": ratio,
-        "target": TARGET,
-        "met": ratio >= TARGET,
+        "target": PROBE_TARGET,
+        "met": ratio >= PROBE_TARGET,
     }
 
 
@@ -568,8 +569,8 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join([line(headers), rule, *(line(row) for row in cells[1:])])
 
 
-def verdict(ratio: float) -> str:
-    return f"{'met' if ratio >= TARGET else 'MISSED'} (>= {TARGET:.2f})"
+def verdict(ratio: float, target: float = TARGET) -> str:
+    return f"{'met' if ratio >= target else 'MISSED'} (>= {target:.2f})"
 
 
 def environment() -> dict:
@@ -662,7 +663,7 @@ def print_gradflow(r: dict) -> None:
             f"{r['with_median_s']:.3f}",
             f"{r['with_seq_steps_per_s']:,.0f}",
             f"{r['ratio']:.3f}",
-            verdict(r["ratio"]),
+            verdict(r["ratio"], PROBE_TARGET),
         ],
     ]
     print(table(["run", "median s", "seq-steps/s", "ratio", "target"], rows))
@@ -704,7 +705,8 @@ def print_summary(training: list[dict], flow: dict, kernels: dict) -> None:
     print("Targets")
     for r in training:
         print(f"  bpttlab / plain, {r['setting']}: {r['ratio']:.3f} {verdict(r['ratio'])}")
-    print(f"  with / without GradientFlow: {flow['ratio']:.3f} {verdict(flow['ratio'])}")
+    ratio = flow["ratio"]
+    print(f"  with / without GradientFlow: {ratio:.3f} {verdict(ratio, PROBE_TARGET)}")
     faster = "native" if kernels["onednn_over_native"] > 1 else "oneDNN"
     print(f"  kernel: {faster} is faster (oneDNN / native = {kernels['onednn_over_native']:.2f})")
 
