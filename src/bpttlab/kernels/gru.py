@@ -1,0 +1,71 @@
+"""The GRU kernel, torch's equations and gate order r, z, n:
+r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z = sigmoid(W_iz x + b_iz + W_hz h + b_hz),
+n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h.
+
+The backward multiplies each step's incoming dL/dh by per-step factors computed for all
+timesteps at once before the loop: dL/d(r, z pre-activations, W_hn h + b_hn, n pre-activation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class GRURecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
+        B, T, _ = x.shape
+        H = h0.shape[1]
+        inputs = x.transpose(0, 1).contiguous()
+        projected = torch.addmm(b_ih, inputs.view(T * B, -1), w_ih.t()).view(T, B, 3 * H)
+        hidden_terms = x.new_empty(T, B, 3 * H)  # W_hh h + b_hh
+        gates = x.new_empty(T, B, 3 * H)  # r, z, n
+        hs = x.new_empty(T + 1, B, H)
+        hs[0] = h0
+        w_hh_t = w_hh.t()
+        for t in range(T):
+            hidden = torch.addmm(b_hh, hs[t], w_hh_t, out=hidden_terms[t])
+            reset_update = gates[t, :, : 2 * H]
+            torch.add(projected[t, :, : 2 * H], hidden[:, : 2 * H], out=reset_update).sigmoid_()
+            new = gates[t, :, 2 * H :]
+            torch.addcmul(projected[t, :, 2 * H :], reset_update[:, :H], hidden[:, 2 * H :], out=new)
+            torch.lerp(new.tanh_(), hs[t], reset_update[:, H:], out=hs[t + 1])
+        ctx.save_for_backward(inputs, hs, gates, hidden_terms, w_ih, w_hh)
+        return hs[1:].transpose(0, 1), hs[T].clone()
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_final):
+        inputs, hs, gates, hidden_terms, w_ih, w_hh = ctx.saved_tensors
+        T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        r, z, n = gates.unflatten(2, (3, H)).unbind(2)
+        factors = gates.new_empty(T, B, 4, H)  # times dL/dh: d(r pre, z pre, hn, n pre)
+        keep = 1 - z
+        torch.mul(1 - n * n, keep, out=factors[:, :, 3])
+        torch.mul(factors[:, :, 3], r, out=factors[:, :, 2])
+        torch.mul(factors[:, :, 2] * hidden_terms[:, :, 2 * H :], 1 - r, out=factors[:, :, 0])
+        torch.mul((hs[:-1] - n) * z, keep, out=factors[:, :, 1])
+        grad_y = grad_y.transpose(0, 1)
+        grad_gates = torch.empty_like(factors)
+        grad_h = grad_y[T - 1] + grad_final
+        for t in range(T - 1, -1, -1):
+            torch.mul(factors[t], grad_h.unsqueeze(1), out=grad_gates[t])
+            through_z = torch.addcmul(grad_y[t - 1], grad_h, z[t]) if t > 0 else grad_h * z[t]
+            grad_h = torch.addmm(through_z, grad_gates[t].view(B, 4 * H)[:, : 3 * H], w_hh)
+        flat = grad_gates.view(T * B, 4 * H)
+        input_rows = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H)])
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            w_ih_padded = torch.cat([w_ih[: 2 * H], torch.zeros_like(w_ih[:H]), w_ih[2 * H :]])
+            grad_x = flat.mm(w_ih_padded).view(T, B, -1).transpose(0, 1)
+        grad_w_ih = flat.t().mm(inputs.view(T * B, -1))[input_rows]
+        grad_w_hh = flat[:, : 3 * H].t().mm(hs[:-1].reshape(T * B, H))
+        sums = flat.sum(0)
+        return grad_x, grad_h, grad_w_ih, grad_w_hh, sums[input_rows], sums[: 3 * H]
+
+
+def gru(
+    x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Run the GRU over x (B, T, input) from h0 (B, H): (outputs (B, T, H), final h)."""
+    return GRURecurrence.apply(x, h0, w_ih, w_hh, b_ih, b_hh)

@@ -1,0 +1,90 @@
+"""The LSTM kernel, torch's equations and gate order i, f, g, o:
+c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'), each gate's pre-activation
+W_i* x + b_i* + W_h* h + b_h*.
+
+Inside, the gate rows are reordered to o, i, f, g: one sigmoid covers o, i, f and the three gates
+whose gradient flows through c are contiguous, so that the backward multiplies dL/dh and dL/dc
+by per-step factors computed for all timesteps at once before the loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+TO_INSIDE = [3, 0, 1, 2]  # torch's gate blocks i, f, g, o in the order o, i, f, g
+TO_TORCH = [1, 2, 3, 0]
+
+
+def reorder(rows: Tensor, order: list[int]) -> Tensor:
+    """The four gate blocks of ``rows`` (4H, ...) in ``order``."""
+    return rows.unflatten(0, (4, -1))[order].flatten(0, 1)
+
+
+class LSTMRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        B, T, _ = x.shape
+        H = h0.shape[1]
+        w_ih, w_hh = reorder(w_ih, TO_INSIDE), reorder(w_hh, TO_INSIDE)
+        inputs = x.transpose(0, 1).contiguous()
+        bias = reorder(b_ih + b_hh, TO_INSIDE)
+        projected = torch.addmm(bias, inputs.view(T * B, -1), w_ih.t()).view(T, B, 4 * H)
+        gates = x.new_empty(T, B, 4 * H)  # o, i, f, g
+        hs, cs = x.new_empty(T + 1, B, H), x.new_empty(T + 1, B, H)
+        hs[0], cs[0] = h0, c0
+        squashed_cells = x.new_empty(T, B, H)  # tanh(c)
+        w_hh_t = w_hh.t()
+        for t in range(T):
+            gate = torch.addmm(projected[t], hs[t], w_hh_t, out=gates[t])
+            gate[:, : 3 * H].sigmoid_()
+            gate[:, 3 * H :].tanh_()
+            output, input_, forget, cell = gate.unflatten(1, (4, H)).unbind(1)
+            torch.mul(forget, cs[t], out=cs[t + 1]).addcmul_(input_, cell)
+            torch.mul(output, torch.tanh(cs[t + 1], out=squashed_cells[t]), out=hs[t + 1])
+        ctx.save_for_backward(inputs, hs, cs, gates, squashed_cells, w_ih, w_hh)
+        return hs[1:].transpose(0, 1), hs[T].clone(), cs[T].clone()
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_final_h, grad_final_c):
+        inputs, hs, cs, gates, squashed_cells, w_ih, w_hh = ctx.saved_tensors
+        T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        output, input_, forget, cell = gates.unflatten(2, (4, H)).unbind(2)
+        factors = gates.new_empty(T, B, 4, H)  # times dL/dh (o) and dL/dc (i, f, g)
+        torch.mul(squashed_cells * output, 1 - output, out=factors[:, :, 0])
+        torch.mul(cell * input_, 1 - input_, out=factors[:, :, 1])
+        torch.mul(cs[:-1] * forget, 1 - forget, out=factors[:, :, 2])
+        torch.mul(1 - cell * cell, input_, out=factors[:, :, 3])
+        h_to_c = (1 - squashed_cells * squashed_cells).mul_(output)
+        grad_y = grad_y.transpose(0, 1)
+        grad_gates = torch.empty_like(factors)
+        grad_h = grad_y[T - 1] + grad_final_h
+        grad_c = grad_final_c.clone()
+        for t in range(T - 1, -1, -1):
+            grad_c.addcmul_(grad_h, h_to_c[t])
+            torch.mul(factors[t, :, 0], grad_h, out=grad_gates[t, :, 0])
+            torch.mul(factors[t, :, 1:], grad_c.unsqueeze(1), out=grad_gates[t, :, 1:])
+            grad_c.mul_(forget[t])
+            if t > 0:
+                grad_h = torch.addmm(grad_y[t - 1], grad_gates[t].view(B, 4 * H), w_hh)
+            else:
+                grad_h = grad_gates[t].view(B, 4 * H) @ w_hh
+        flat = grad_gates.view(T * B, 4 * H)
+        grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
+        grad_w_ih = reorder(flat.t().mm(inputs.view(T * B, -1)), TO_TORCH)
+        grad_w_hh = reorder(flat.t().mm(hs[:-1].reshape(T * B, H)), TO_TORCH)
+        grad_bias = reorder(flat.sum(0), TO_TORCH)
+        return grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone()
+
+
+def lstm(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the LSTM over x (B, T, input) from (h0, c0) (B, H) each: (outputs, final h, final c)."""
+    return LSTMRecurrence.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
