@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bpttlab.kernels.activation import tanh
+
 
 class GRURecurrence(torch.autograd.Function):
     @staticmethod
@@ -18,32 +20,34 @@ class GRURecurrence(torch.autograd.Function):
         B, T, _ = x.shape
         H = h0.shape[1]
         inputs = x.transpose(0, 1).contiguous()
-        projected = torch.addmm(b_ih, inputs.view(T * B, -1), w_ih.t()).view(T, B, 3 * H)
-        hidden_terms = x.new_empty(T, B, 3 * H)  # W_hh h + b_hh
-        gates = x.new_empty(T, B, 3 * H)  # r, z, n
+        w_ih_padded = torch.cat([w_ih[: 2 * H], torch.zeros_like(w_ih[:H]), w_ih[2 * H :]])
+        bias = torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_hh[2 * H :], b_ih[2 * H :]])
+        projected = torch.addmm(bias, inputs.view(T * B, -1), w_ih_padded.t()).view(T, B, 4 * H)
+        gates = x.new_empty(T, B, 3 * H)  # r, z and W_hn h + b_hn
+        new = x.new_empty(T, B, H)
         hs = x.new_empty(T + 1, B, H)
         hs[0] = h0
         w_hh_t = w_hh.t()
         for t in range(T):
-            hidden = torch.addmm(b_hh, hs[t], w_hh_t, out=hidden_terms[t])
-            reset_update = gates[t, :, : 2 * H]
-            torch.add(projected[t, :, : 2 * H], hidden[:, : 2 * H], out=reset_update).sigmoid_()
-            new = gates[t, :, 2 * H :]
-            torch.addcmul(projected[t, :, 2 * H :], reset_update[:, :H], hidden[:, 2 * H :], out=new)
-            torch.lerp(new.tanh_(), hs[t], reset_update[:, H:], out=hs[t + 1])
-        ctx.save_for_backward(inputs, hs, gates, hidden_terms, w_ih, w_hh)
+            gate = torch.addmm(projected[t, :, : 3 * H], hs[t], w_hh_t, out=gates[t])
+            reset, update, hidden_new = gate.unflatten(1, (3, H)).unbind(1)
+            gate[:, : 2 * H].sigmoid_()
+            torch.addcmul(projected[t, :, 3 * H :], reset, hidden_new, out=new[t])
+            tanh(new[t], out=new[t])
+            torch.sub(hs[t], new[t], out=hs[t + 1]).mul_(update).add_(new[t])
+        ctx.save_for_backward(inputs, hs, gates, new, w_ih_padded, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
 
     @staticmethod
     def backward(ctx, grad_y, grad_final):
-        inputs, hs, gates, hidden_terms, w_ih, w_hh = ctx.saved_tensors
+        inputs, hs, gates, n, w_ih_padded, w_hh = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        r, z, n = gates.unflatten(2, (3, H)).unbind(2)
+        r, z, hidden_new = gates.unflatten(2, (3, H)).unbind(2)
         factors = gates.new_empty(T, B, 4, H)  # times dL/dh: d(r pre, z pre, hn, n pre)
         keep = 1 - z
         torch.mul(1 - n * n, keep, out=factors[:, :, 3])
         torch.mul(factors[:, :, 3], r, out=factors[:, :, 2])
-        torch.mul(factors[:, :, 2] * hidden_terms[:, :, 2 * H :], 1 - r, out=factors[:, :, 0])
+        torch.mul(factors[:, :, 2] * hidden_new, 1 - r, out=factors[:, :, 0])
         torch.mul((hs[:-1] - n) * z, keep, out=factors[:, :, 1])
         grad_y = grad_y.transpose(0, 1)
         grad_gates = torch.empty_like(factors)
@@ -56,7 +60,6 @@ class GRURecurrence(torch.autograd.Function):
         input_rows = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H)])
         grad_x = None
         if ctx.needs_input_grad[0]:
-            w_ih_padded = torch.cat([w_ih[: 2 * H], torch.zeros_like(w_ih[:H]), w_ih[2 * H :]])
             grad_x = flat.mm(w_ih_padded).view(T, B, -1).transpose(0, 1)
         grad_w_ih = flat.t().mm(inputs.view(T * B, -1))[input_rows]
         grad_w_hh = flat[:, : 3 * H].t().mm(hs[:-1].reshape(T * B, H))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bpttlab.kernels.activation import tanh
+
 TO_INSIDE = [3, 0, 1, 2]  # torch's gate blocks i, f, g, o in the order o, i, f, g
 TO_TORCH = [1, 2, 3, 0]
 
@@ -38,10 +40,11 @@ class LSTMRecurrence(torch.autograd.Function):
         for t in range(T):
             gate = torch.addmm(projected[t], hs[t], w_hh_t, out=gates[t])
             gate[:, : 3 * H].sigmoid_()
-            gate[:, 3 * H :].tanh_()
+            tanh(gate[:, 3 * H :], out=gate[:, 3 * H :])
             output, input_, forget, cell = gate.unflatten(1, (4, H)).unbind(1)
             torch.mul(forget, cs[t], out=cs[t + 1]).addcmul_(input_, cell)
-            torch.mul(output, torch.tanh(cs[t + 1], out=squashed_cells[t]), out=hs[t + 1])
+            squashed = tanh(cs[t + 1], out=squashed_cells[t])
+            torch.mul(output, squashed, out=hs[t + 1])
         ctx.save_for_backward(inputs, hs, cs, gates, squashed_cells, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone(), cs[T].clone()
 

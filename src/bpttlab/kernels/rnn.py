@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from bpttlab.kernels.activation import tanh
+
 
 class ElmanRecurrence(torch.autograd.Function):
     @staticmethod
@@ -16,9 +18,9 @@ class ElmanRecurrence(torch.autograd.Function):
         hs = x.new_empty(T + 1, B, H)
         hs[0] = h0
         w_hh_t = w_hh.t()
-        activate = torch.Tensor.tanh_ if nonlinearity == "tanh" else torch.Tensor.relu_
         for t in range(T):
-            activate(torch.addmm(projected[t], hs[t], w_hh_t, out=hs[t + 1]))
+            pre = torch.addmm(projected[t], hs[t], w_hh_t, out=hs[t + 1])
+            tanh(pre, out=pre) if nonlinearity == "tanh" else pre.relu_()
         ctx.nonlinearity = nonlinearity
         ctx.save_for_backward(inputs, hs, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
