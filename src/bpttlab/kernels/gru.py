@@ -28,13 +28,21 @@ class GRURecurrence(torch.autograd.Function):
         hs = x.new_empty(T + 1, B, H)
         hs[0] = h0
         w_hh_t = w_hh.t()
-        for t in range(T):
-            gate = torch.addmm(projected[t, :, : 3 * H], hs[t], w_hh_t, out=gates[t])
+        steps = zip(
+            projected[:, :, : 3 * H].unbind(0),
+            projected[:, :, 3 * H :].unbind(0),
+            gates.unbind(0),
+            new.unbind(0),
+            hs.unbind(0),
+            hs[1:].unbind(0),
+            strict=False,
+        )
+        for gate_input, new_input, gate, new_t, h, h_next in steps:
+            torch.addmm(gate_input, h, w_hh_t, out=gate)
             reset, update, hidden_new = gate.unflatten(1, (3, H)).unbind(1)
             gate[:, : 2 * H].sigmoid_()
-            torch.addcmul(projected[t, :, 3 * H :], reset, hidden_new, out=new[t])
-            tanh(new[t], out=new[t])
-            torch.sub(hs[t], new[t], out=hs[t + 1]).mul_(update).add_(new[t])
+            tanh(torch.addcmul(new_input, reset, hidden_new, out=new_t), out=new_t)
+            torch.sub(h, new_t, out=h_next).mul_(update).add_(new_t)
         ctx.save_for_backward(inputs, hs, gates, new, w_ih_padded, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
 
@@ -42,13 +50,17 @@ class GRURecurrence(torch.autograd.Function):
     def backward(ctx, grad_y, grad_final):
         inputs, hs, gates, n, w_ih_padded, w_hh = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        r, z, hidden_new = gates.unflatten(2, (3, H)).unbind(2)
-        factors = gates.new_empty(T, B, 4, H)  # times dL/dh: d(r pre, z pre, hn, n pre)
+        r, z, hidden_new = gates.view(T * B, 3, H).unbind(1)
+        n = n.view(T * B, H)
+        factors = gates.new_empty(T * B, 4, H)  # times dL/dh: d(r pre, z pre, hn, n pre)
         keep = 1 - z
-        torch.mul(1 - n * n, keep, out=factors[:, :, 3])
-        torch.mul(factors[:, :, 3], r, out=factors[:, :, 2])
-        torch.mul(factors[:, :, 2] * hidden_new, 1 - r, out=factors[:, :, 0])
-        torch.mul((hs[:-1] - n) * z, keep, out=factors[:, :, 1])
+        torch.addcmul(keep, keep, n * n, value=-1, out=factors[:, 3])
+        torch.mul(factors[:, 3], r, out=factors[:, 2])
+        scaled_hidden_new = factors[:, 2] * hidden_new
+        torch.addcmul(scaled_hidden_new, scaled_hidden_new, r, value=-1, out=factors[:, 0])
+        torch.mul((hs[:-1].view(T * B, H) - n).mul_(z), keep, out=factors[:, 1])
+        factors = factors.view(T, B, 4, H)
+        z = z.view(T, B, H)
         grad_y = grad_y.transpose(0, 1)
         grad_gates = torch.empty_like(factors)
         grad_h = grad_y[T - 1] + grad_final
