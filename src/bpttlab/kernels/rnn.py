@@ -20,7 +20,10 @@ class ElmanRecurrence(torch.autograd.Function):
         w_hh_t = w_hh.t()
         for t in range(T):
             pre = torch.addmm(projected[t], hs[t], w_hh_t, out=hs[t + 1])
-            tanh(pre, out=pre) if nonlinearity == "tanh" else pre.relu_()
+            if nonlinearity == "tanh":
+                tanh(pre, out=pre)
+            else:
+                pre.relu_()
         ctx.nonlinearity = nonlinearity
         ctx.save_for_backward(inputs, hs, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
@@ -29,19 +32,13 @@ class ElmanRecurrence(torch.autograd.Function):
     def backward(ctx, grad_y, grad_final):
         inputs, hs, w_ih, w_hh = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        if ctx.nonlinearity == "tanh":
-            slope = 1 - hs[1:] * hs[1:]
-        else:
-            slope = (hs[1:] > 0).to(hs.dtype)
+        slope = 1 - hs[1:] * hs[1:] if ctx.nonlinearity == "tanh" else (hs[1:] > 0).to(hs.dtype)
         grad_y = grad_y.transpose(0, 1)
         grad_pre = torch.empty_like(slope)
         grad_h = grad_y[T - 1] + grad_final
         for t in range(T - 1, -1, -1):
             torch.mul(grad_h, slope[t], out=grad_pre[t])
-            if t > 0:
-                grad_h = torch.addmm(grad_y[t - 1], grad_pre[t], w_hh)
-            else:
-                grad_h = grad_pre[t] @ w_hh
+            grad_h = torch.addmm(grad_y[t - 1], grad_pre[t], w_hh) if t > 0 else grad_pre[t] @ w_hh
         flat = grad_pre.view(T * B, H)
         grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_w_ih = flat.t().mm(inputs.view(T * B, -1))
