@@ -29,18 +29,20 @@ class LSTMRecurrence(torch.autograd.Function):
         B, T, _ = x.shape
         H = h0.shape[1]
         w_ih, w_hh = reorder(w_ih, TO_INSIDE), reorder(w_hh, TO_INSIDE)
+        doubled_cell = torch.ones(4 * H, 1, dtype=x.dtype, device=x.device)
+        doubled_cell[3 * H :] = 2  # sigmoid(2 g) gives tanh(g) = 2 sigmoid(2 g) - 1
         inputs = x.transpose(0, 1).contiguous()
-        bias = reorder(b_ih + b_hh, TO_INSIDE)
-        projected = torch.addmm(bias, inputs.view(T * B, -1), w_ih.t()).view(T, B, 4 * H)
+        bias = reorder(b_ih + b_hh, TO_INSIDE) * doubled_cell[:, 0]
+        projected = torch.addmm(bias, inputs.view(T * B, -1), (w_ih * doubled_cell).t())
+        projected = projected.view(T, B, 4 * H)
         gates = x.new_empty(T, B, 4 * H)  # o, i, f, g
         hs, cs = x.new_empty(T + 1, B, H), x.new_empty(T + 1, B, H)
         hs[0], cs[0] = h0, c0
         squashed_cells = x.new_empty(T, B, H)  # tanh(c)
-        w_hh_t = w_hh.t()
+        w_hh_t = (w_hh * doubled_cell).t()
         for t in range(T):
-            gate = torch.addmm(projected[t], hs[t], w_hh_t, out=gates[t])
-            gate[:, : 3 * H].sigmoid_()
-            tanh(gate[:, 3 * H :], out=gate[:, 3 * H :])
+            gate = torch.addmm(projected[t], hs[t], w_hh_t, out=gates[t]).sigmoid_()
+            gate[:, 3 * H :].mul_(2).sub_(1)
             output, input_, forget, cell = gate.unflatten(1, (4, H)).unbind(1)
             torch.mul(forget, cs[t], out=cs[t + 1]).addcmul_(input_, cell)
             squashed = tanh(cs[t + 1], out=squashed_cells[t])
@@ -52,13 +54,19 @@ class LSTMRecurrence(torch.autograd.Function):
     def backward(ctx, grad_y, grad_final_h, grad_final_c):
         inputs, hs, cs, gates, squashed_cells, w_ih, w_hh = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        output, input_, forget, cell = gates.unflatten(2, (4, H)).unbind(2)
-        factors = gates.new_empty(T, B, 4, H)  # times dL/dh (o) and dL/dc (i, f, g)
-        torch.mul(squashed_cells * output, 1 - output, out=factors[:, :, 0])
-        torch.mul(cell * input_, 1 - input_, out=factors[:, :, 1])
-        torch.mul(cs[:-1] * forget, 1 - forget, out=factors[:, :, 2])
-        torch.mul(1 - cell * cell, input_, out=factors[:, :, 3])
-        h_to_c = (1 - squashed_cells * squashed_cells).mul_(output)
+        output, input_, forget, cell = gates.view(T * B, 4, H).unbind(1)
+        squashed_cells = squashed_cells.view(T * B, H)
+        factors = gates.new_empty(T * B, 4, H)  # times dL/dh (o) and dL/dc (i, f, g)
+        squashed_output = squashed_cells * output
+        torch.addcmul(squashed_output, squashed_output, output, value=-1, out=factors[:, 0])
+        cell_input = cell * input_
+        torch.addcmul(cell_input, cell_input, input_, value=-1, out=factors[:, 1])
+        previous_forget = cs[:-1].view(T * B, H) * forget
+        torch.addcmul(previous_forget, previous_forget, forget, value=-1, out=factors[:, 2])
+        torch.addcmul(input_, cell_input, cell, value=-1, out=factors[:, 3])
+        h_to_c = torch.addcmul(output, squashed_output, squashed_cells, value=-1).view(T, B, H)
+        factors = factors.view(T, B, 4, H)
+        forget = forget.view(T, B, H)
         grad_y = grad_y.transpose(0, 1)
         grad_gates = torch.empty_like(factors)
         grad_h = grad_y[T - 1] + grad_final_h
