@@ -62,10 +62,10 @@ class GRURecurrence(torch.autograd.Function):
         factors = factors.view(T, B, 4, H)
         z = z.view(T, B, H)
         grad_y = grad_y.transpose(0, 1)
-        grad_gates = torch.empty_like(factors)
+        grad_gates = factors  # each step's factors become its gate gradients, in place
         grad_h = grad_y[T - 1] + grad_final
         for t in range(T - 1, -1, -1):
-            torch.mul(factors[t], grad_h.unsqueeze(1), out=grad_gates[t])
+            grad_gates[t].mul_(grad_h.unsqueeze(1))
             through_z = torch.addcmul(grad_y[t - 1], grad_h, z[t]) if t > 0 else grad_h * z[t]
             grad_h = torch.addmm(through_z, grad_gates[t].view(B, 4 * H)[:, : 3 * H], w_hh)
         flat = grad_gates.view(T * B, 4 * H)

@@ -68,13 +68,13 @@ class LSTMRecurrence(torch.autograd.Function):
         factors = factors.view(T, B, 4, H)
         forget = forget.view(T, B, H)
         grad_y = grad_y.transpose(0, 1)
-        grad_gates = torch.empty_like(factors)
+        grad_gates = factors  # each step's factors become its gate gradients, in place
         grad_h = grad_y[T - 1] + grad_final_h
         grad_c = grad_final_c.clone()
         for t in range(T - 1, -1, -1):
             grad_c.addcmul_(grad_h, h_to_c[t])
-            torch.mul(factors[t, :, 0], grad_h, out=grad_gates[t, :, 0])
-            torch.mul(factors[t, :, 1:], grad_c.unsqueeze(1), out=grad_gates[t, :, 1:])
+            grad_gates[t, :, 0].mul_(grad_h)
+            grad_gates[t, :, 1:].mul_(grad_c.unsqueeze(1))
             grad_c.mul_(forget[t])
             if t > 0:
                 grad_h = torch.addmm(grad_y[t - 1], grad_gates[t].view(B, 4 * H), w_hh)

@@ -34,10 +34,10 @@ class ElmanRecurrence(torch.autograd.Function):
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         slope = 1 - hs[1:] * hs[1:] if ctx.nonlinearity == "tanh" else (hs[1:] > 0).to(hs.dtype)
         grad_y = grad_y.transpose(0, 1)
-        grad_pre = torch.empty_like(slope)
+        grad_pre = slope  # each step's slope becomes its pre-activation gradient, in place
         grad_h = grad_y[T - 1] + grad_final
         for t in range(T - 1, -1, -1):
-            torch.mul(grad_h, slope[t], out=grad_pre[t])
+            grad_pre[t].mul_(grad_h)
             grad_h = torch.addmm(grad_y[t - 1], grad_pre[t], w_hh) if t > 0 else grad_pre[t] @ w_hh
         flat = grad_pre.view(T * B, H)
         grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
