@@ -54,32 +54,31 @@ class LSTMRecurrence(torch.autograd.Function):
     def backward(ctx, grad_y, grad_final_h, grad_final_c):
         inputs, hs, cs, gates, squashed_cells, w_ih, w_hh = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        output, input_, forget, cell = gates.view(T * B, 4, H).unbind(1)
-        squashed_cells = squashed_cells.view(T * B, H)
-        factors = gates.new_empty(T * B, 4, H)  # times dL/dh (o) and dL/dc (i, f, g)
-        squashed_output = squashed_cells * output
-        torch.addcmul(squashed_output, squashed_output, output, value=-1, out=factors[:, 0])
-        cell_input = cell * input_
-        torch.addcmul(cell_input, cell_input, input_, value=-1, out=factors[:, 1])
-        previous_forget = cs[:-1].view(T * B, H) * forget
-        torch.addcmul(previous_forget, previous_forget, forget, value=-1, out=factors[:, 2])
-        torch.addcmul(input_, cell_input, cell, value=-1, out=factors[:, 3])
-        h_to_c = torch.addcmul(output, squashed_output, squashed_cells, value=-1).view(T, B, H)
-        factors = factors.view(T, B, 4, H)
-        forget = forget.view(T, B, H)
         grad_y = grad_y.transpose(0, 1)
-        grad_gates = factors  # each step's factors become its gate gradients, in place
+        grad_gates = torch.empty_like(gates)
+        one = gates.new_ones(())
         grad_h = grad_y[T - 1] + grad_final_h
         grad_c = grad_final_c.clone()
         for t in range(T - 1, -1, -1):
-            grad_c.addcmul_(grad_h, h_to_c[t])
-            grad_gates[t, :, 0].mul_(grad_h)
-            grad_gates[t, :, 1:].mul_(grad_c.unsqueeze(1))
-            grad_c.mul_(forget[t])
-            if t > 0:
-                grad_h = torch.addmm(grad_y[t - 1], grad_gates[t].view(B, 4 * H), w_hh)
-            else:
-                grad_h = grad_gates[t].view(B, 4 * H) @ w_hh
+            gate, grad_gate = gates[t], grad_gates[t]
+            output, input_, forget, cell = gate.unflatten(1, (4, H)).unbind(1)
+            grad_output, grad_input, grad_forget, grad_cell = grad_gate.unflatten(1, (4, H)).unbind(
+                1
+            )
+            sigmoids = gate[:, : 3 * H]
+            torch.addcmul(sigmoids, sigmoids, sigmoids, value=-1, out=grad_gate[:, : 3 * H])
+            torch.addcmul(one, cell, cell, value=-1, out=grad_cell)
+            grad_h_squashed = grad_h * squashed_cells[t]
+            grad_output.mul_(grad_h_squashed)
+            grad_c.addcmul_(
+                torch.addcmul(grad_h, grad_h_squashed, squashed_cells[t], value=-1), output
+            )
+            grad_input.mul_(cell)
+            grad_forget.mul_(cs[t])
+            grad_cell.mul_(input_)
+            grad_gate[:, H:].unflatten(1, (3, H)).mul_(grad_c.unsqueeze(1))
+            grad_c.mul_(forget)
+            grad_h = torch.addmm(grad_y[t - 1], grad_gate, w_hh) if t > 0 else grad_gate @ w_hh
         flat = grad_gates.view(T * B, 4 * H)
         grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_w_ih = reorder(flat.t().mm(inputs.view(T * B, -1)), TO_TORCH)
