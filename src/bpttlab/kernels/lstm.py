@@ -2,9 +2,10 @@
 c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'), each gate's pre-activation
 W_i* x + b_i* + W_h* h + b_h*.
 
-Inside, the gate rows are reordered to o, i, f, g: one sigmoid covers o, i, f and the three gates
-whose gradient flows through c are contiguous, so that the backward multiplies dL/dh and dL/dc
-by per-step factors computed for all timesteps at once before the loop.
+Inside, the gate rows are reordered to o, i, f, g and the g rows doubled, so that one sigmoid
+covers every gate (tanh(g) = 2 sigmoid(2g) - 1). The backward computes each step's gate
+gradients in the loop (on small, cache-resident tensors) into one (T, B, 4H) buffer, from which
+one GEMM each gives dW_ih, dW_hh and dx.
 """
 
 from __future__ import annotations
