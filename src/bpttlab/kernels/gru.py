@@ -43,22 +43,22 @@ class GRURecurrence(torch.autograd.Function):
             gate[:, : 2 * H].sigmoid_()
             tanh(torch.addcmul(new_input, reset, hidden_new, out=new_t), out=new_t)
             torch.sub(h, new_t, out=h_next).mul_(update).add_(new_t)
-        ctx.save_for_backward(inputs, hs, gates, new, w_ih_padded, w_hh)
+        ctx.save_for_backward(inputs, hs, gates, new, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
 
     @staticmethod
     def backward(ctx, grad_y, grad_final):
-        inputs, hs, gates, n, w_ih_padded, w_hh = ctx.saved_tensors
+        inputs, hs, gates, n, w_ih, w_hh = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         r, z, hidden_new = gates.view(T * B, 3, H).unbind(1)
         n = n.view(T * B, H)
-        factors = gates.new_empty(T * B, 4, H)  # times dL/dh: d(r pre, z pre, hn, n pre)
+        factors = gates.new_empty(T * B, 4, H)  # times dL/dh: d(n pre, r pre, z pre, hn)
         keep = 1 - z
-        torch.addcmul(keep, keep, n * n, value=-1, out=factors[:, 3])
-        torch.mul(factors[:, 3], r, out=factors[:, 2])
-        scaled_hidden_new = factors[:, 2] * hidden_new
-        torch.addcmul(scaled_hidden_new, scaled_hidden_new, r, value=-1, out=factors[:, 0])
-        torch.mul((hs[:-1].view(T * B, H) - n).mul_(z), keep, out=factors[:, 1])
+        torch.addcmul(keep, keep, n * n, value=-1, out=factors[:, 0])
+        torch.mul(factors[:, 0], r, out=factors[:, 3])
+        scaled_hidden_new = factors[:, 3] * hidden_new
+        torch.addcmul(scaled_hidden_new, scaled_hidden_new, r, value=-1, out=factors[:, 1])
+        torch.mul((hs[:-1].view(T * B, H) - n).mul_(z), keep, out=factors[:, 2])
         factors = factors.view(T, B, 4, H)
         z = z.view(T, B, H)
         grad_y = grad_y.transpose(0, 1)
@@ -67,16 +67,18 @@ class GRURecurrence(torch.autograd.Function):
         for t in range(T - 1, -1, -1):
             grad_gates[t].mul_(grad_h.unsqueeze(1))
             through_z = torch.addcmul(grad_y[t - 1], grad_h, z[t]) if t > 0 else grad_h * z[t]
-            grad_h = torch.addmm(through_z, grad_gates[t].view(B, 4 * H)[:, : 3 * H], w_hh)
+            grad_h = torch.addmm(through_z, grad_gates[t].view(B, 4 * H)[:, H:], w_hh)
         flat = grad_gates.view(T * B, 4 * H)
-        input_rows = torch.cat([torch.arange(2 * H), torch.arange(3 * H, 4 * H)])
+        input_side, hidden_side = flat[:, : 3 * H], flat[:, H:]  # gates n, r, z and r, z, n
+        to_reset_update_new = torch.cat([torch.arange(H, 3 * H), torch.arange(H)])
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = flat.mm(w_ih_padded).view(T, B, -1).transpose(0, 1)
-        grad_w_ih = flat.t().mm(inputs.view(T * B, -1))[input_rows]
-        grad_w_hh = flat[:, : 3 * H].t().mm(hs[:-1].reshape(T * B, H))
+            w_ih_new_first = torch.cat([w_ih[2 * H :], w_ih[: 2 * H]])
+            grad_x = input_side.mm(w_ih_new_first).view(T, B, -1).transpose(0, 1)
+        grad_w_ih = input_side.t().mm(inputs.view(T * B, -1))[to_reset_update_new]
+        grad_w_hh = hidden_side.t().mm(hs[:-1].reshape(T * B, H))
         sums = flat.sum(0)
-        return grad_x, grad_h, grad_w_ih, grad_w_hh, sums[input_rows], sums[: 3 * H]
+        return grad_x, grad_h, grad_w_ih, grad_w_hh, sums[to_reset_update_new], sums[H:]
 
 
 def gru(
