@@ -2,8 +2,10 @@
 r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z = sigmoid(W_iz x + b_iz + W_hz h + b_hz),
 n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h.
 
-The backward multiplies each step's incoming dL/dh by per-step factors computed for all
-timesteps at once before the loop: dL/d(r, z pre-activations, W_hn h + b_hn, n pre-activation).
+The backward multiplies each step's incoming dL/dh by factors computed for all timesteps at
+once before the loop, giving dL/d(n pre-activation, r and z pre-activations, W_hn h + b_hn) in
+that order: the first three columns are the input side (dW_ih, dx) and the last three the
+hidden side (dW_hh and the step's GEMM), each one contiguous block.
 """
 
 from __future__ import annotations
