@@ -2,9 +2,15 @@
 (fused kernel or parallel scan) against its unrolled path (the step loop that probes use).
 
     python scripts/bench_cells.py [--device cpu|cuda] [--seq-len T] [--repeats N] [--cells a,b]
+        [--threads N] [--kernels-only]
 
 One process; the paths of a cell are timed in alternation (A B A B ...), medians of the
-repeats after a warm-up. Also a GEMM ceiling measured in the same run (a large float32 matrix
+repeats after a warm-up. On CPU a second table times the training kernels of rnn, gru and lstm
+(one layer, forward + backward from a given state): torch's native kernel, torch's oneDNN
+kernel and bpttlab's own (``cell.kernel=bpttlab``), in alternation (A B C A B C ...), with the
+ratio of the fastest torch kernel's time to bpttlab's (> 1: bpttlab is faster). Subnormals
+are flushed, as in training runs. On a machine shared with other jobs, OMP_WAIT_POLICY=passive
+keeps idle OpenMP threads from spinning against them (else timings can jump a hundredfold). Also a GEMM ceiling measured in the same run (a large float32 matrix
 product), and for the torch-backed cells their GFLOP/s (forward + backward of the recurrence:
 about 3 x 2 x T x B x gates x H x (E + H) flops). On CPU the LSTM is shown with oneDNN's kernel
 and with the native one; on CUDA the fast path of rnn/lstm/gru is cuDNN's.
@@ -20,6 +26,7 @@ import torch
 
 from bpttlab.cells import CELLS
 from bpttlab.model import RecurrentNet
+from bpttlab.subnormals import flush_subnormals
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -57,6 +64,48 @@ def time_paths(net: RecurrentNet, x: torch.Tensor, repeats: int) -> dict[str, fl
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def time_kernels(kind: str, B: int, T: int, E: int, H: int, repeats: int) -> dict[str, float]:
+    """Median seconds of forward + backward of one cell under each training kernel,
+    alternating; every output and the final state get an upstream gradient."""
+    torch.manual_seed(0)
+    cell = CELLS[kind](E, H)
+    x = torch.randn(B, T, E, requires_grad=True)
+    state = cell.default_state(x)
+    kernels = {
+        "torch native": {"kernel": "torch", "onednn": False},
+        "torch oneDNN": {"kernel": "torch", "onednn": True},
+        "bpttlab": {"kernel": "bpttlab", "onednn": False},
+    }
+    times: dict[str, list[float]] = {name: [] for name in kernels}
+    for round_ in range(repeats + 1):
+        for name, settings in kernels.items():
+            cell.kernel, cell.onednn = settings["kernel"], settings["onednn"]
+            cell.zero_grad(set_to_none=True)
+            x.grad = None
+            start = time.perf_counter()
+            y, final = cell(x, state)
+            (y.sum() + sum(s.sum() for s in final)).backward()
+            if round_ > 0:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def kernel_table(args: argparse.Namespace, ceiling: float) -> None:
+    B, T, E, H = args.batch, args.seq_len, args.embedding, args.hidden
+    print(f"\ntraining kernels, one layer, forward + backward, median of {args.repeats}")
+    header = f"{'cell':<6}{'native ms':>11}{'oneDNN ms':>11}{'bpttlab ms':>12}"
+    print(f"{header}{'fastest torch/bpttlab':>23}{'GFLOP/s':>9}{'of GEMM':>9}")
+    for kind in [k for k in args.cells.split(",") if k in GATES]:
+        times = time_kernels(kind, B, T, E, H, args.repeats)
+        fastest = min(times["torch native"], times["torch oneDNN"])
+        rate = 3 * 2 * T * B * GATES[kind] * H * (E + H) / times["bpttlab"] / 1e9
+        print(
+            f"{kind:<6}{1000 * times['torch native']:11.1f}{1000 * times['torch oneDNN']:11.1f}"
+            f"{1000 * times['bpttlab']:12.1f}{fastest / times['bpttlab']:23.2f}{rate:9.1f}"
+            f"{rate / ceiling:9.0%}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -66,14 +115,23 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cells", default=",".join(sorted(CELLS)))
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--kernels-only", action="store_true", help="only the kernel table")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    flush_subnormals(True)
     device = torch.device(args.device)
     B, T, E, H = args.batch, args.seq_len, args.embedding, args.hidden
     ceiling = gemm_gflops(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"B={B} T={T} E={E} H={H}, forward + backward, median of {args.repeats}")
-    print(f"GEMM ceiling (float32 2048^3): {ceiling:.0f} GFLOP/s\n")
+    print(f"GEMM ceiling (float32 2048^3): {ceiling:.0f} GFLOP/s")
+    if device.type == "cpu":
+        kernel_table(args, ceiling)
+    if args.kernels_only:
+        return
+    print()
     print(f"{'cell':<18}{'fast ms':>9}{'unrolled ms':>13}{'unrolled/fast':>15}{'GFLOP/s':>9}")
     variants = []
     for kind in args.cells.split(","):

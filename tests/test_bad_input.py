@@ -59,6 +59,8 @@ BAD = [
     ("cell.init=xavier", "cell.init"),
     ("cell.forget_bias=nan", "cell.forget_bias"),
     ("cell.onednn=maybe", "cell.onednn"),
+    ("cell.kernel=foo", "cell.kernel"),
+    ("cell=gru cell.kernel=foo", "cell.kernel"),
     ("optim.lr=0", "optim.lr"),
     ("optim.lr=-1e-3", "optim.lr"),
     ("optim.lr=nan", "optim.lr"),

@@ -5,9 +5,13 @@ fast path against unrolled path, state carried across a split sequence (what TBP
 a trace whose last states are the final state, a real training step under every clipping mode
 and both precisions, a checkpoint round trip, and a gradient probe that sees every state.
 Cell-specific maths (each paper's equations in float64) lives in ``test_cell_<name>.py``.
+A cell that takes ``kernel`` is checked with each kernel ("gru:bpttlab" runs bpttlab's own);
+fast and unrolled paths agree to 1e-9 in float64 with either.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import pytest
 import torch
@@ -21,12 +25,22 @@ from bpttlab.model import RecurrentNet
 from bpttlab.tasks import AddingTask, CopyTask
 
 B, T, H, E, VOCAB, OUT = 3, 9, 6, 4, 5, 3
-KINDS = sorted(CELLS)
+KINDS = sorted(CELLS) + [
+    f"{kind}:bpttlab"
+    for kind in sorted(CELLS)
+    if "kernel" in inspect.signature(CELLS[kind]).parameters
+]
+
+
+def cell_args(variant: str) -> dict:
+    """RecurrentNet's kind (and kernel) for a variant of KINDS: "gru" or "gru:bpttlab"."""
+    kind, _, kernel = variant.partition(":")
+    return {"kind": kind, "kernel": kernel} if kernel else {"kind": kind}
 
 
 def make_net(kind: str, num_layers: int = 2, seed: int = 0) -> RecurrentNet:
     torch.manual_seed(seed)
-    net = RecurrentNet(VOCAB, OUT, kind=kind, hidden_size=H, num_layers=num_layers, t_max=T)
+    net = RecurrentNet(VOCAB, OUT, **cell_args(kind), hidden_size=H, num_layers=num_layers, t_max=T)
     return net.double()
 
 
@@ -128,7 +142,9 @@ def test_trace_holds_every_state_of_every_step(kind):
 def test_trains_under_every_clipping_mode_and_truncation(tmp_path, kind, mode):
     """Three real optimiser steps under TBPTT(4) in float64, each clipping mode: finite loss,
     the weights move."""
-    module = small_module(AddingTask(gap=6), kind, truncation=4, clip=Clipping(mode, 0.5))
+    module = small_module(
+        AddingTask(gap=6), **cell_args(kind), truncation=4, clip=Clipping(mode, 0.5)
+    )
     before = [p.detach().clone() for p in module.model.parameters()]
     fit(module, tmp_path, steps=3, precision="64-true")
     assert module.updates >= 3 and module.diverged_at_step is None
@@ -149,7 +165,7 @@ def test_checkpoint_round_trip(kind):
 def test_gradient_probe_sees_every_state(tmp_path, kind):
     """A probed step records a profile for every state name of every layer, positive at every
     timestep under full BPTT on copy."""
-    module = small_module(CopyTask(gap=4), kind, num_layers=2, lr=0.0)
+    module = small_module(CopyTask(gap=4), **cell_args(kind), num_layers=2, lr=0.0)
     flow = GradientFlow(every_n_steps=100, save_dir=str(tmp_path / "gf"))
     fit(module, tmp_path, steps=1, callbacks=[flow], precision="64-true")
     saved = load_profile(tmp_path / "gf" / "step_000000.npz")

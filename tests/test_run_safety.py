@@ -86,7 +86,7 @@ def test_resume_refuses_another_config_and_keeps_the_finished_record(tmp_path, c
     with pytest.raises(validation.ConfigError) as error:
         check_resume(other)
     assert str(error.value).endswith(
-        "this command changes cell.forget_bias, cell.kind, cell.onednn, seed"
+        "this command changes cell.forget_bias, cell.kernel, cell.kind, cell.onednn, seed"
     )
     with pytest.raises(validation.ConfigError):
         train(other)

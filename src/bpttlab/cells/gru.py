@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bpttlab import kernels
 from bpttlab.cells.base import LayerState, register
 from bpttlab.cells.torch_recurrence import TorchRecurrence, chrono_bias
 
@@ -27,6 +28,9 @@ class GRUCell(TorchRecurrence):
             self.rnn.bias_ih_l0.zero_()
             self.rnn.bias_hh_l0.zero_()
             self.gate_bias(UPDATE).copy_(bias)
+
+    def run_kernel(self, x: Tensor, state: LayerState) -> tuple[Tensor, ...]:
+        return kernels.gru(x, *state, *self.weights)
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
         (h,) = state

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from bpttlab import validation
+from bpttlab import kernels, validation
 from bpttlab.cells.base import LayerState, register
 from bpttlab.cells.torch_recurrence import TorchRecurrence, chrono_bias
 
@@ -30,11 +30,12 @@ class LSTMCell(TorchRecurrence):
         init: str = "default",
         forget_bias: float | None = None,
         onednn: bool = False,
+        kernel: str = "torch",
     ):
         if forget_bias is not None and not isinstance(forget_bias, int | float):
             raise validation.ConfigError("forget_bias", forget_bias, "a number or null")
         self.forget_bias = forget_bias
-        super().__init__(input_size, hidden_size, t_max, init, onednn)
+        super().__init__(input_size, hidden_size, t_max, init, onednn, kernel)
 
     def initialise(self, init: str, t_max: int | None) -> None:
         if init == "chrono":
@@ -45,6 +46,9 @@ class LSTMCell(TorchRecurrence):
             self.gate_bias(INPUT).copy_(-bias)
         if self.forget_bias is not None:
             self.gate_bias(FORGET).add_(self.forget_bias)
+
+    def run_kernel(self, x: Tensor, state: LayerState) -> tuple[Tensor, ...]:
+        return kernels.lstm(x, *state, *self.weights)
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
         h, c = state

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bpttlab import validation
+from bpttlab import kernels, validation
 from bpttlab.cells.base import LayerState, register
 from bpttlab.cells.torch_recurrence import TorchRecurrence
 
@@ -30,9 +30,12 @@ class RNNCell(TorchRecurrence):
         init: str = "default",
         nonlinearity: str = "tanh",
         onednn: bool = False,
+        kernel: str = "torch",
     ):
         validation.choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        super().__init__(input_size, hidden_size, t_max, init, onednn, nonlinearity=nonlinearity)
+        super().__init__(
+            input_size, hidden_size, t_max, init, onednn, kernel, nonlinearity=nonlinearity
+        )
         self.nonlinearity = nonlinearity
 
     def initialise(self, init: str, t_max: int | None) -> None:
@@ -40,6 +43,9 @@ class RNNCell(TorchRecurrence):
             self.rnn.weight_hh_l0.copy_(torch.eye(self.hidden_size))
             self.rnn.bias_ih_l0.zero_()
             self.rnn.bias_hh_l0.zero_()
+
+    def run_kernel(self, x: Tensor, state: LayerState) -> tuple[Tensor, ...]:
+        return kernels.rnn(x, *state, *self.weights, self.nonlinearity)
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
         pre = F.linear(state[0], w_hh, b_hh).add_(x_term)

@@ -4,7 +4,9 @@ The fused path calls the torch module; the unrolled path runs a Python step loop
 same parameters. On CPU the fused path runs PyTorch's native kernel rather than oneDNN's and
 each subclass's ``step`` repeats that kernel's operations in the same order
 (aten/src/ATen/native/RNN.cpp), so on CPU both paths give bitwise-equal outputs and gradients:
-probing a training step through the unrolled path never changes the result.
+probing a training step through the unrolled path never changes the result. With
+``kernel="bpttlab"`` the fused path on CPU is bpttlab's own kernel (``bpttlab.kernels``)
+instead, equal to the unrolled path up to float rounding.
 """
 
 from __future__ import annotations
@@ -41,11 +43,14 @@ class TorchRecurrence(Cell):
             of W_hh orthogonal.
         onednn: run the fused path with oneDNN's CPU kernel (faster for LSTM) instead of the
             native one; the unrolled path is then equal to it up to rounding, not bitwise.
+        kernel: "torch" runs torch's module on the fused path; "bpttlab" runs bpttlab's own
+            kernel on CPU (ignoring ``onednn``; on GPU the fused path stays cuDNN's).
     """
 
     module: ClassVar[type[nn.RNNBase]]
     gates: ClassVar[int]
     inits: ClassVar[tuple[str, ...]] = ("default", "orthogonal")
+    kernels: ClassVar[tuple[str, ...]] = ("torch", "bpttlab")
 
     def __init__(
         self,
@@ -54,11 +59,13 @@ class TorchRecurrence(Cell):
         t_max: int | None = None,
         init: str = "default",
         onednn: bool = False,
+        kernel: str = "torch",
         **module_args,
     ):
         super().__init__(input_size, hidden_size, t_max)
         self.init = validation.choice("init", init, self.inits)
         self.onednn = onednn
+        self.kernel = validation.choice("kernel", kernel, self.kernels)
         self.rnn = self.module(input_size, hidden_size, 1, batch_first=True, **module_args)
         with torch.no_grad():
             if init == "orthogonal":
@@ -76,6 +83,9 @@ class TorchRecurrence(Cell):
         return rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
 
     def forward(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
+        if self.kernel == "bpttlab" and x.device.type == "cpu":
+            y, *final = self.run_kernel(x, state)
+            return y, tuple(final)
         packed = tuple(s.unsqueeze(0) for s in state)
         with onednn(enabled=self.onednn or x.device.type != "cpu"):
             y, final = self.rnn(x, packed if len(packed) > 1 else packed[0])
@@ -91,6 +101,10 @@ class TorchRecurrence(Cell):
             for name, value in zip(self.state_names, state, strict=True):
                 steps[name].append(value)
         return torch.stack(steps["h"], dim=1), state, steps
+
+    def run_kernel(self, x: Tensor, state: LayerState) -> tuple[Tensor, ...]:
+        """bpttlab's CPU kernel for this cell: (outputs, *final state)."""
+        raise NotImplementedError
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
         """One timestep from the input term W_ih x_t + b_ih, in the native kernel's op order."""

@@ -1,0 +1,101 @@
+"""The LSTM kernel, torch's equations and gate order i, f, g, o:
+c' = sigmoid(f) c + sigmoid(i) tanh(g), h' = sigmoid(o) tanh(c'), each gate's pre-activation
+W_i* x + b_i* + W_h* h + b_h*.
+
+Inside, the gate rows are reordered to o, i, f, g and the g rows doubled, so that one sigmoid
+covers every gate (tanh(g) = 2 sigmoid(2g) - 1). The backward computes each step's gate
+gradients in the loop (on small, cache-resident tensors) into one (T, B, 4H) buffer, from which
+one GEMM each gives dW_ih, dW_hh and dx.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bpttlab.kernels.activation import tanh
+
+TO_INSIDE = [3, 0, 1, 2]  # torch's gate blocks i, f, g, o in the order o, i, f, g
+TO_TORCH = [1, 2, 3, 0]
+
+
+def reorder(rows: Tensor, order: list[int]) -> Tensor:
+    """The four gate blocks of ``rows`` (4H, ...) in ``order``."""
+    return rows.unflatten(0, (4, -1))[order].flatten(0, 1)
+
+
+class LSTMRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        B, T, _ = x.shape
+        H = h0.shape[1]
+        w_ih, w_hh = reorder(w_ih, TO_INSIDE), reorder(w_hh, TO_INSIDE)
+        doubled_cell = torch.ones(4 * H, 1, dtype=x.dtype, device=x.device)
+        doubled_cell[3 * H :] = 2  # sigmoid(2 g) gives tanh(g) = 2 sigmoid(2 g) - 1
+        inputs = x.transpose(0, 1).contiguous()
+        bias = reorder(b_ih + b_hh, TO_INSIDE) * doubled_cell[:, 0]
+        projected = torch.addmm(bias, inputs.view(T * B, -1), (w_ih * doubled_cell).t())
+        projected = projected.view(T, B, 4 * H)
+        gates = x.new_empty(T, B, 4 * H)  # o, i, f, g
+        hs, cs = x.new_empty(T + 1, B, H), x.new_empty(T + 1, B, H)
+        hs[0], cs[0] = h0, c0
+        squashed_cells = x.new_empty(T, B, H)  # tanh(c)
+        w_hh_t = (w_hh * doubled_cell).t()
+        for t in range(T):
+            gate = torch.addmm(projected[t], hs[t], w_hh_t, out=gates[t]).sigmoid_()
+            gate[:, 3 * H :].mul_(2).sub_(1)
+            output, input_, forget, cell = gate.unflatten(1, (4, H)).unbind(1)
+            torch.mul(forget, cs[t], out=cs[t + 1]).addcmul_(input_, cell)
+            squashed = tanh(cs[t + 1], out=squashed_cells[t])
+            torch.mul(output, squashed, out=hs[t + 1])
+        ctx.save_for_backward(inputs, hs, cs, gates, squashed_cells, w_ih, w_hh)
+        return hs[1:].transpose(0, 1), hs[T].clone(), cs[T].clone()
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_final_h, grad_final_c):
+        inputs, hs, cs, gates, squashed_cells, w_ih, w_hh = ctx.saved_tensors
+        T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        grad_y = grad_y.transpose(0, 1)
+        grad_gates = torch.empty_like(gates)
+        one = gates.new_ones(())
+        grad_h = grad_y[T - 1] + grad_final_h
+        grad_c = grad_final_c.clone()
+        for t in range(T - 1, -1, -1):
+            gate, grad_gate = gates[t], grad_gates[t]
+            output, input_, forget, cell = gate.unflatten(1, (4, H)).unbind(1)
+            grad_output, grad_input, grad_forget, grad_cell = grad_gate.unflatten(1, (4, H)).unbind(
+                1
+            )
+            sigmoids = gate[:, : 3 * H]
+            torch.addcmul(sigmoids, sigmoids, sigmoids, value=-1, out=grad_gate[:, : 3 * H])
+            torch.addcmul(one, cell, cell, value=-1, out=grad_cell)
+            grad_h_squashed = grad_h * squashed_cells[t]
+            grad_output.mul_(grad_h_squashed)
+            grad_c.addcmul_(
+                torch.addcmul(grad_h, grad_h_squashed, squashed_cells[t], value=-1), output
+            )
+            grad_input.mul_(cell)
+            grad_forget.mul_(cs[t])
+            grad_cell.mul_(input_)
+            grad_gate[:, H:].unflatten(1, (3, H)).mul_(grad_c.unsqueeze(1))
+            grad_c.mul_(forget)
+            grad_h = torch.addmm(grad_y[t - 1], grad_gate, w_hh) if t > 0 else grad_gate @ w_hh
+        flat = grad_gates.view(T * B, 4 * H)
+        grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
+        grad_w_ih = reorder(flat.t().mm(inputs.view(T * B, -1)), TO_TORCH)
+        grad_w_hh = reorder(flat.t().mm(hs[:-1].reshape(T * B, H)), TO_TORCH)
+        grad_bias = reorder(flat.sum(0), TO_TORCH)
+        return grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone()
+
+
+def lstm(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the LSTM over x (B, T, input) from (h0, c0) (B, H) each: (outputs, final h, final c)."""
+    return LSTMRecurrence.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh)

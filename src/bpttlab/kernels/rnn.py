@@ -1,0 +1,60 @@
+"""The Elman RNN kernel: h_t = g(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), g = tanh or relu."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bpttlab.kernels.activation import tanh
+
+
+class ElmanRecurrence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+        B, T, _ = x.shape
+        H = h0.shape[1]
+        inputs = x.transpose(0, 1).contiguous()
+        projected = torch.addmm(b_ih + b_hh, inputs.view(T * B, -1), w_ih.t()).view(T, B, H)
+        hs = x.new_empty(T + 1, B, H)
+        hs[0] = h0
+        w_hh_t = w_hh.t()
+        for t in range(T):
+            pre = torch.addmm(projected[t], hs[t], w_hh_t, out=hs[t + 1])
+            if nonlinearity == "tanh":
+                tanh(pre, out=pre)
+            else:
+                pre.relu_()
+        ctx.nonlinearity = nonlinearity
+        ctx.save_for_backward(inputs, hs, w_ih, w_hh)
+        return hs[1:].transpose(0, 1), hs[T].clone()
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_final):
+        inputs, hs, w_ih, w_hh = ctx.saved_tensors
+        T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        slope = 1 - hs[1:] * hs[1:] if ctx.nonlinearity == "tanh" else (hs[1:] > 0).to(hs.dtype)
+        grad_y = grad_y.transpose(0, 1)
+        grad_pre = slope  # each step's slope becomes its pre-activation gradient, in place
+        grad_h = grad_y[T - 1] + grad_final
+        for t in range(T - 1, -1, -1):
+            grad_pre[t].mul_(grad_h)
+            grad_h = torch.addmm(grad_y[t - 1], grad_pre[t], w_hh) if t > 0 else grad_pre[t] @ w_hh
+        flat = grad_pre.view(T * B, H)
+        grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
+        grad_w_ih = flat.t().mm(inputs.view(T * B, -1))
+        grad_w_hh = flat.t().mm(hs[:-1].reshape(T * B, H))
+        grad_bias = flat.sum(0)
+        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone(), None
+
+
+def rnn(
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+    nonlinearity: str = "tanh",
+) -> tuple[Tensor, Tensor]:
+    """Run the Elman RNN over x (B, T, input) from h0 (B, H): (outputs (B, T, H), final h)."""
+    return ElmanRecurrence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity)
