@@ -39,12 +39,18 @@ def output_delta(w, hidden, batch):
     return len(hidden) * (logits.softmax(-1) - onehot) * mask / batch.mask.sum()
 
 
+KERNELS = {"unrolled": {}, "bpttlab kernel": {"kernel": "bpttlab"}}
+"""How a probed step is traced: the step loop (torch's native kernel on the fast path) or
+bpttlab's kernel, whose backward hands over every dL/dh_k."""
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("truncation", [None, 4])
-def test_rnn_profile_matches_explicit_jacobian_chain(tmp_path, truncation):
+def test_rnn_profile_matches_explicit_jacobian_chain(tmp_path, truncation, kernel):
     """tanh RNN: dL/dh_k = direct_k + J_{k+1}^T dL/dh_{k+1}, J = diag(1 - h_{k+1}^2) W_hh, the
     recursion cut where a truncation window starts; equals the logged profile to 1e-6."""
     task = CopyTask(gap=6)
-    module = small_module(task, "rnn", truncation=truncation, lr=0.0)
+    module = small_module(task, "rnn", truncation=truncation, lr=0.0, **KERNELS[kernel])
     w = weights_of(module)
     batch = task.generate(4, batch_generator(0, TRAIN, 0, "cpu"))
     profile = probe_once(tmp_path, module)["h_layer0"]
@@ -69,12 +75,13 @@ def test_rnn_profile_matches_explicit_jacobian_chain(tmp_path, truncation):
     np.testing.assert_allclose(profile, expected, rtol=1e-6, atol=1e-14)
 
 
-def test_overlapping_windows_sum_their_gradients(tmp_path):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_overlapping_windows_sum_their_gradients(tmp_path, kernel):
     """TBPTT(k1=2, k2=4): the windows overlap, so dL/dh_k is the sum over the windows that run
     step k of each window's own chain (direct terms inside its loss span, cut at its start),
     at the fixed weights of lr=0; the logged profile is the norm of that sum."""
     task = CopyTask(gap=6)
-    module = small_module(task, "rnn", truncation=4, update_every=2, lr=0.0)
+    module = small_module(task, "rnn", truncation=4, update_every=2, lr=0.0, **KERNELS[kernel])
     w = weights_of(module)
     batch = task.generate(4, batch_generator(0, TRAIN, 0, "cpu"))
     profile = probe_once(tmp_path, module)["h_layer0"]
@@ -102,11 +109,15 @@ def test_overlapping_windows_sum_their_gradients(tmp_path):
     np.testing.assert_allclose(profile, expected, rtol=1e-6, atol=1e-14)
 
 
-def test_lstm_profile_matches_zero_leaf_reference(tmp_path):
+@pytest.mark.parametrize(
+    "kernel", [*KERNELS, "oneDNN"]
+)  # oneDNN on the fast path: probes trace bpttlab's kernel
+def test_lstm_profile_matches_zero_leaf_reference(tmp_path, kernel):
     """Two-layer LSTM: a hand-written forward with a zero leaf added to every h_k and c_k gives
     the total gradients by autograd; they equal the logged h and c profiles of both layers."""
     task = CopyTask(gap=5)
-    module = small_module(task, "lstm", num_layers=2, lr=0.0)
+    options = {"onednn": True} if kernel == "oneDNN" else KERNELS[kernel]
+    module = small_module(task, "lstm", num_layers=2, lr=0.0, **options)
     w = weights_of(module)
     batch = task.generate(4, batch_generator(0, TRAIN, 0, "cpu"))
     saved = probe_once(tmp_path, module)

@@ -82,8 +82,10 @@ def shared_timesteps(windows: Sequence[Window]) -> frozenset[int]:
 
 
 TraceHook = Callable[[Trace, int], None]
-"""Called with the Trace of every unrolled run and the timestep of its first state; registers
-tensor hooks on the states (a gradient probe, per-timestep clipping)."""
+"""Called with the Trace of every traced run and the timestep of its first state; registers
+tensor hooks on the states (a gradient probe, per-timestep clipping). A hook that only reads
+gradients says so with an attribute ``reads_only = True``: when every hook does, cells serve
+the trace from their kernels where they can (``Cell.traced``) instead of their step loops."""
 
 
 def run_windows(
@@ -99,10 +101,12 @@ def run_windows(
     Yields each window's loss after its backward, so the caller can clip and step before the
     next window runs (TBPTT) or let the gradients add up (a gradient at fixed weights). Window
     losses are normalised by the whole batch's target count, so they add up to the task's loss.
-    With ``trace_hooks`` the windows run on the unrolled path and every hook sees every Trace.
+    With ``trace_hooks`` the windows are traced and every hook sees every Trace: from the
+    cells' kernels when every hook only reads (``reads_only``), else from their step loops.
     A non-finite loss is yielded without a backward.
     """
-    unrolled = bool(trace_hooks)
+    reads_only = all(getattr(hook, "reads_only", False) for hook in trace_hooks)
+    unrolled, traced = bool(trace_hooks) and not reads_only, bool(trace_hooks) and reads_only
     total_weight = batch.mask.sum()
     state: State | None = None
     for window in windows:
@@ -111,7 +115,7 @@ def run_windows(
             with torch.no_grad():
                 state = run_window(model, batch.inputs, state, window, unrolled=False)[1]
             continue
-        outputs, carried, traces = run_window(model, batch.inputs, state, window, unrolled)
+        outputs, carried, traces = run_window(model, batch.inputs, state, window, unrolled, traced)
         for offset, trace in traces:
             for hook in trace_hooks:
                 hook(trace, offset)
@@ -124,16 +128,21 @@ def run_windows(
 
 
 def run_window(
-    model: RecurrentNet, inputs: Tensor, state: State | None, window: Window, unrolled: bool
+    model: RecurrentNet,
+    inputs: Tensor,
+    state: State | None,
+    window: Window,
+    unrolled: bool,
+    traced: bool = False,
 ) -> tuple[Tensor, State | None, list[tuple[int, Trace]]]:
     """Run ``window`` from the detached ``state``: (outputs, state at ``carry``, traces with the
-    timestep of their first state)."""
+    timestep of their first state); ``unrolled`` and ``traced`` as in RecurrentNet."""
     state = detach_state(state)
     outputs, traces, carried = [], [], state
     for start, end in ((window.start, window.carry), (window.carry, window.end)):
         if end <= start:
             continue
-        out, state, trace = model(inputs[:, start:end], state, unrolled=unrolled)
+        out, state, trace = model(inputs[:, start:end], state, unrolled, traced)
         outputs.append(out)
         if trace is not None:
             traces.append((start, trace))

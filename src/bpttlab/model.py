@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from torch import Tensor, nn
@@ -23,15 +23,22 @@ State = tuple[LayerState, ...]
 
 @dataclass
 class Trace:
-    """Every state of an unrolled run: ``steps[name][layer][t]``, each (B, state_size)."""
+    """Every state of a traced run, by state name and layer.
+
+    ``steps[name][layer][t]`` (B, state_size): the states of a layer that ran its step loop,
+    each a tensor of the graph, so a hook on it may also change the gradient flowing back.
+    ``sinks[(name, layer)]`` (T, B, state_size): for a layer that ran a kernel instead (its
+    ``steps`` are empty), a tensor whose gradient is dL/d(state at t) for every t, read only.
+    """
 
     steps: dict[str, list[list[Tensor]]]
+    sinks: dict[tuple[str, int], Tensor] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> list[list[Tensor]]:
         return self.steps[name]
 
     def states(self) -> Iterator[tuple[str, int, int, Tensor]]:
-        """Yield (name, layer, t, tensor) for every recorded state."""
+        """Yield (name, layer, t, tensor) for every state of the step loops."""
         for name, per_layer in self.steps.items():
             for layer, steps in enumerate(per_layer):
                 for t, state in enumerate(steps):
@@ -116,21 +123,35 @@ class RecurrentNet(nn.Module):
             groups += cell.optimizer_groups()
         return groups + [{"params": list(self.readout.parameters())}]
 
-    def forward(self, inputs: Tensor, state: State | None = None, unrolled: bool = False) -> Run:
+    def forward(
+        self,
+        inputs: Tensor,
+        state: State | None = None,
+        unrolled: bool = False,
+        traced: bool = False,
+    ) -> Run:
         """Run a batch of sequences.
 
         Args:
             inputs: (B, T) integer tokens or (B, T, C) real values.
             state: initial state (see ``State``); zeros when None.
             unrolled: use every cell's step loop and return a Trace of every state.
+            traced: return a Trace whose gradients are only to be read: served by each cell's
+                kernel where it has one (``Cell.traced``), else by its step loop.
         """
         x = self.encoder(inputs)
         finals = []
-        trace = Trace({name: [] for name in self.state_names}) if unrolled else None
+        trace = Trace({name: [] for name in self.state_names}) if unrolled or traced else None
         for layer, cell in enumerate(self.layers):
             start = cell.default_state(x) if state is None else state[layer]
+            kernel = cell.traced(x, start) if traced and not unrolled else None
             if trace is None:
                 x, final = cell(x, start)
+            elif kernel is not None:
+                x, final, sinks = kernel
+                for name in self.state_names:
+                    trace[name].append([])
+                    trace.sinks[(name, layer)] = sinks[name]
             else:
                 x, final, steps = cell.unrolled(x, start)
                 for name, values in steps.items():

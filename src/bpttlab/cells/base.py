@@ -5,7 +5,9 @@ two ways over the same weights:
 
 - ``forward(x, state) -> (y, state)``: the fast path (a fused kernel or a parallel scan);
 - ``unrolled(x, state) -> (y, state, steps)``: a step loop that also returns every state of
-  every timestep, so that callers can read or clip the gradient flowing into each one.
+  every timestep, so that callers can read or clip the gradient flowing into each one;
+- ``traced(x, state) -> (y, state, sinks)`` (optional): the fast path, with tensors whose
+  gradients are the gradients flowing into every state, for callers that only read them.
 
 ``x`` is (B, T, input_size), ``y`` is (B, T, hidden_size). A state is a tuple of tensors named by
 ``state_names`` (("h",) or ("h", "c")); ``steps[name]`` lists that state at every timestep.
@@ -24,6 +26,10 @@ LayerState = tuple[Tensor, ...]
 
 StepStates = dict[str, list[Tensor]]
 """Every state of an unrolled run of one layer: ``steps[name][t]``."""
+
+Sinks = dict[str, Tensor]
+"""Per state name, a (T, B, state_size) tensor that the forward does not read and whose gradient
+is the backward's dL/d(state at t) for every t: a hook on it reads them without a step loop."""
 
 CELLS: dict[str, type[Cell]] = {}
 
@@ -72,3 +78,9 @@ class Cell(nn.Module):
 
     def unrolled(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState, StepStates]:
         raise NotImplementedError
+
+    def traced(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState, Sinks] | None:
+        """The fast path with the gradient into every state readable, or None where the cell
+        has no such path (callers then run ``unrolled``): ``(y, state, sinks)``, where the
+        gradient of ``sinks[name]`` (T, B, state_size) is dL/d(that state at t) for every t."""
+        return None

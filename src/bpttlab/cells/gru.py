@@ -29,8 +29,8 @@ class GRUCell(TorchRecurrence):
             self.rnn.bias_hh_l0.zero_()
             self.gate_bias(UPDATE).copy_(bias)
 
-    def run_kernel(self, x: Tensor, state: LayerState) -> tuple[Tensor, ...]:
-        return kernels.gru(x, *state, *self.weights)
+    def run_kernel(self, x: Tensor, state: LayerState, sinks: tuple[Tensor, ...] = ()):
+        return kernels.gru(x, *state, *self.weights, *sinks)
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
         (h,) = state

@@ -47,8 +47,8 @@ class LSTMCell(TorchRecurrence):
         if self.forget_bias is not None:
             self.gate_bias(FORGET).add_(self.forget_bias)
 
-    def run_kernel(self, x: Tensor, state: LayerState) -> tuple[Tensor, ...]:
-        return kernels.lstm(x, *state, *self.weights)
+    def run_kernel(self, x: Tensor, state: LayerState, sinks: tuple[Tensor, ...] = ()):
+        return kernels.lstm(x, *state, *self.weights, *sinks)
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
         h, c = state

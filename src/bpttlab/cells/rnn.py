@@ -44,8 +44,8 @@ class RNNCell(TorchRecurrence):
             self.rnn.bias_ih_l0.zero_()
             self.rnn.bias_hh_l0.zero_()
 
-    def run_kernel(self, x: Tensor, state: LayerState) -> tuple[Tensor, ...]:
-        return kernels.rnn(x, *state, *self.weights, self.nonlinearity)
+    def run_kernel(self, x: Tensor, state: LayerState, sinks: tuple[Tensor, ...] = ()):
+        return kernels.rnn(x, *state, *self.weights, self.nonlinearity, *sinks)
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
         pre = F.linear(state[0], w_hh, b_hh).add_(x_term)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bpttlab import validation
-from bpttlab.cells.base import Cell, LayerState, StepStates
+from bpttlab.cells.base import Cell, LayerState, Sinks, StepStates
 
 
 @contextmanager
@@ -102,8 +102,22 @@ class TorchRecurrence(Cell):
                 steps[name].append(value)
         return torch.stack(steps["h"], dim=1), state, steps
 
-    def run_kernel(self, x: Tensor, state: LayerState) -> tuple[Tensor, ...]:
-        """bpttlab's CPU kernel for this cell: (outputs, *final state)."""
+    def traced(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState, Sinks] | None:
+        """bpttlab's kernel with sinks, on CPU when the fast path is bpttlab's kernel (then a
+        traced step runs the very same operations) or oneDNN's (then it differs by rounding,
+        as the unrolled path does); None for torch's native kernel, whose probes stay on the
+        unrolled path, bitwise equal to it."""
+        if x.device.type != "cpu" or not (self.kernel == "bpttlab" or self.onednn):
+            return None
+        zero = x.new_zeros(1, 1, 1, requires_grad=True)
+        shape = (x.shape[1], x.shape[0], self.hidden_size)
+        sinks = {name: zero.expand(shape) for name in self.state_names}
+        y, *final = self.run_kernel(x, state, tuple(sinks.values()))
+        return y, tuple(final), sinks
+
+    def run_kernel(self, x: Tensor, state: LayerState, sinks: tuple[Tensor, ...] = ()):
+        """bpttlab's CPU kernel for this cell: (outputs, *final state); ``sinks`` as in
+        ``traced``, one per state name."""
         raise NotImplementedError
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:

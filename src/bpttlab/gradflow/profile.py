@@ -55,12 +55,16 @@ class Probe:
         self._pending: dict[tuple[str, int], dict[int, Tensor]] = {}
         self._recorded_since_trace = False
 
+    reads_only = True  # a kernel's trace will do (``bptt.TraceHook``)
+
     def __call__(self, trace: Trace, offset: int) -> None:
         if self._recorded_since_trace:  # a new window: no later one runs the steps before it
             self._complete(before=offset)
             self._recorded_since_trace = False
         for name, layer, t, state in trace.states():
             state.register_hook(partial(self._record, (name, layer), offset + t))
+        for key, sink in trace.sinks.items():
+            sink.register_hook(partial(self._record_span, key, offset))
 
     @property
     def recorded(self) -> bool:
@@ -75,13 +79,26 @@ class Probe:
         pending = self._pending.setdefault(key, {})
         pending[t] = pending[t] + grad if t in pending else grad.clone()
 
-    def _store(self, key: tuple[str, int], t: int, grad: Tensor) -> None:
+    def _record_span(self, key: tuple[str, int], offset: int, grads: Tensor) -> None:
+        """The gradients of every timestep from ``offset`` on, from a kernel's sink."""
+        self._recorded_since_trace = True
+        norms = self._norms(key, grads)
+        norms[offset : offset + len(grads)] = step_norm(grads, self.batch_size)
+        pending = self._pending.setdefault(key, {})
+        for t in self.shared.intersection(range(offset, offset + len(grads))):
+            pending[t] = (
+                pending[t] + grads[t - offset] if t in pending else grads[t - offset].clone()
+            )
+
+    def _norms(self, key: tuple[str, int], like: Tensor) -> Tensor:
         norms = self.norms.get(key)
         if norms is None:
-            norms = self.norms[key] = torch.zeros(
-                self.seq_len, dtype=torch.float64, device=grad.device
-            )
-        norms[t] = step_norm(grad, self.batch_size)
+            norms = torch.zeros(self.seq_len, dtype=torch.float64, device=like.device)
+            self.norms[key] = norms
+        return norms
+
+    def _store(self, key: tuple[str, int], t: int, grad: Tensor) -> None:
+        self._norms(key, grad)[t] = step_norm(grad, self.batch_size)
 
     def _complete(self, before: int) -> None:
         for key, pending in self._pending.items():

@@ -18,7 +18,7 @@ from bpttlab.kernels.activation import tanh
 
 class GRURecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, sink=None):
         B, T, _ = x.shape
         H = h0.shape[1]
         inputs = x.transpose(0, 1).contiguous()
@@ -66,7 +66,10 @@ class GRURecurrence(torch.autograd.Function):
         grad_y = grad_y.transpose(0, 1)
         grad_gates = factors  # each step's factors become its gate gradients, in place
         grad_h = grad_y[T - 1] + grad_final
+        grad_sink = hs.new_empty(T, B, H) if ctx.needs_input_grad[6] else None
         for t in range(T - 1, -1, -1):
+            if grad_sink is not None:
+                grad_sink[t] = grad_h
             grad_gates[t].mul_(grad_h.unsqueeze(1))
             through_z = torch.addcmul(grad_y[t - 1], grad_h, z[t]) if t > 0 else grad_h * z[t]
             grad_h = torch.addmm(through_z, grad_gates[t].view(B, 4 * H)[:, H:], w_hh)
@@ -80,11 +83,20 @@ class GRURecurrence(torch.autograd.Function):
         grad_w_ih = input_side.t().mm(inputs.view(T * B, -1))[to_reset_update_new]
         grad_w_hh = hidden_side.t().mm(hs[:-1].reshape(T * B, H))
         sums = flat.sum(0)
-        return grad_x, grad_h, grad_w_ih, grad_w_hh, sums[to_reset_update_new], sums[H:]
+        grad_b_ih, grad_b_hh = sums[to_reset_update_new], sums[H:]
+        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_sink
 
 
 def gru(
-    x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+    sink: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run the GRU over x (B, T, input) from h0 (B, H): (outputs (B, T, H), final h)."""
-    return GRURecurrence.apply(x, h0, w_ih, w_hh, b_ih, b_hh)
+    """Run the GRU over x (B, T, input) from h0 (B, H): (outputs (B, T, H), final h). The
+    gradient of ``sink`` (T, B, H), an input that the forward does not read, is the backward's
+    dL/dh_t at every step (a tensor hook on it reads them)."""
+    return GRURecurrence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, sink)

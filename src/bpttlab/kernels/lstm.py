@@ -26,7 +26,7 @@ def reorder(rows: Tensor, order: list[int]) -> Tensor:
 
 class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink_h=None, sink_c=None):
         B, T, _ = x.shape
         H = h0.shape[1]
         w_ih, w_hh = reorder(w_ih, TO_INSIDE), reorder(w_hh, TO_INSIDE)
@@ -60,7 +60,12 @@ class LSTMRecurrence(torch.autograd.Function):
         one = gates.new_ones(())
         grad_h = grad_y[T - 1] + grad_final_h
         grad_c = grad_final_c.clone()
+        grad_sink_h = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
+        grad_sink_c = hs.new_empty(T, B, H) if ctx.needs_input_grad[8] else None
+        grad_sinks = grad_sink_h, grad_sink_c
         for t in range(T - 1, -1, -1):
+            if grad_sink_h is not None:
+                grad_sink_h[t] = grad_h
             gate, grad_gate = gates[t], grad_gates[t]
             output, input_, forget, cell = gate.unflatten(1, (4, H)).unbind(1)
             grad_output, grad_input, grad_forget, grad_cell = grad_gate.unflatten(1, (4, H)).unbind(
@@ -74,6 +79,8 @@ class LSTMRecurrence(torch.autograd.Function):
             grad_c.addcmul_(
                 torch.addcmul(grad_h, grad_h_squashed, squashed_cells[t], value=-1), output
             )
+            if grad_sink_c is not None:
+                grad_sink_c[t] = grad_c
             grad_input.mul_(cell)
             grad_forget.mul_(cs[t])
             grad_cell.mul_(input_)
@@ -85,7 +92,8 @@ class LSTMRecurrence(torch.autograd.Function):
         grad_w_ih = reorder(flat.t().mm(inputs.view(T * B, -1)), TO_TORCH)
         grad_w_hh = reorder(flat.t().mm(hs[:-1].reshape(T * B, H)), TO_TORCH)
         grad_bias = reorder(flat.sum(0), TO_TORCH)
-        return grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone()
+        grad_b_hh = grad_bias.clone()
+        return grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_bias, grad_b_hh, *grad_sinks
 
 
 def lstm(
@@ -96,6 +104,10 @@ def lstm(
     w_hh: Tensor,
     b_ih: Tensor,
     b_hh: Tensor,
+    sink_h: Tensor | None = None,
+    sink_c: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the LSTM over x (B, T, input) from (h0, c0) (B, H) each: (outputs, final h, final c)."""
-    return LSTMRecurrence.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    """Run the LSTM over x (B, T, input) from (h0, c0) (B, H) each: (outputs, final h, final c).
+    The gradients of ``sink_h`` and ``sink_c`` (T, B, H), inputs that the forward does not
+    read, are the backward's dL/dh_t and dL/dc_t at every step (tensor hooks read them)."""
+    return LSTMRecurrence.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink_h, sink_c)

@@ -10,7 +10,7 @@ from bpttlab.kernels.activation import tanh
 
 class ElmanRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, sink=None):
         B, T, _ = x.shape
         H = h0.shape[1]
         inputs = x.transpose(0, 1).contiguous()
@@ -36,7 +36,10 @@ class ElmanRecurrence(torch.autograd.Function):
         grad_y = grad_y.transpose(0, 1)
         grad_pre = slope  # each step's slope becomes its pre-activation gradient, in place
         grad_h = grad_y[T - 1] + grad_final
+        grad_sink = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
         for t in range(T - 1, -1, -1):
+            if grad_sink is not None:
+                grad_sink[t] = grad_h
             grad_pre[t].mul_(grad_h)
             grad_h = torch.addmm(grad_y[t - 1], grad_pre[t], w_hh) if t > 0 else grad_pre[t] @ w_hh
         flat = grad_pre.view(T * B, H)
@@ -44,7 +47,7 @@ class ElmanRecurrence(torch.autograd.Function):
         grad_w_ih = flat.t().mm(inputs.view(T * B, -1))
         grad_w_hh = flat.t().mm(hs[:-1].reshape(T * B, H))
         grad_bias = flat.sum(0)
-        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone(), None
+        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone(), None, grad_sink
 
 
 def rnn(
@@ -55,6 +58,9 @@ def rnn(
     b_ih: Tensor,
     b_hh: Tensor,
     nonlinearity: str = "tanh",
+    sink: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Run the Elman RNN over x (B, T, input) from h0 (B, H): (outputs (B, T, H), final h)."""
-    return ElmanRecurrence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    """Run the Elman RNN over x (B, T, input) from h0 (B, H): (outputs (B, T, H), final h).
+    The gradient of ``sink`` (T, B, H), an input that the forward does not read, is the
+    backward's dL/dh_t at every step (a tensor hook on it reads them)."""
+    return ElmanRecurrence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, sink)
