@@ -165,12 +165,14 @@ def test_truncated_gradient_is_exactly_zero_beyond_the_window(tmp_path):
     assert list(profile["boundaries"]) == [4, 8]
 
 
-def test_probing_changes_no_number(tmp_path):
+@pytest.mark.parametrize(("kind", "kernel"), [("lstm", "unrolled"), *(("gru", k) for k in KERNELS)])
+def test_probing_changes_no_number(tmp_path, kind, kernel):
     """Same seed: a run probed at every step (with the full-BPTT reference) and a run without
-    the callback end with bitwise-identical parameters."""
+    the callback end with bitwise-identical parameters: the probed steps run the unrolled path,
+    equal to torch's native kernel, or the same bpttlab kernel with sinks."""
     task = CopyTask(gap=4)
-    probed = small_module(task, "lstm", truncation=5)
-    plain = small_module(task, "lstm", truncation=5)
+    probed = small_module(task, kind, truncation=5, **KERNELS[kernel])
+    plain = small_module(task, kind, truncation=5, **KERNELS[kernel])
     flow = GradientFlow(every_n_steps=1, full_reference=True, save_dir=str(tmp_path / "gf"))
     fit(probed, tmp_path / "a", steps=20, callbacks=[flow])
     fit(plain, tmp_path / "b", steps=20)
