@@ -731,6 +731,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--clip-threshold", type=float, help="gradient-norm clipping threshold (default 1.0)"
     )
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--probe-every", type=int, help="GradientFlow's every_n_steps in section 2 (default 10)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--sections",
@@ -741,7 +744,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sections = set(args.sections.split(","))
     if args.sections - {"training", "gradflow", "kernels", "sweep"}:
         parser.error(f"unknown --sections {args.sections}")
-    for name in ("repeats", "threads"):
+    for name in ("repeats", "threads", "probe_every"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.clip_threshold is not None and not args.clip_threshold > 0:
@@ -760,6 +763,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, repeats=args.repeats, gradflow_repeats=args.repeats)
     if args.clip_threshold:
         cfg = replace(cfg, clip=args.clip_threshold)
+    if args.probe_every:
+        cfg = replace(cfg, gradflow_every=args.probe_every)
     env = environment()
     print_header(env, cfg, args.quick)
     start = time.perf_counter()
