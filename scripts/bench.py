@@ -36,7 +36,8 @@ the median of its repeats, with warm-up runs excluded, and the ratio of the medi
    fused path (oneDNN, the LSTM config's default) on adding-task inputs; the per-cell kernel
    table against bpttlab's own kernels is in scripts/bench_cells.py.
 
-4. Parallel sweeps. Grids of 4 LSTM runs through the real command line, one run after
+4. Parallel sweeps. Seed sweeps of LSTM runs (12 short runs of the results grid, 4 long ones,
+   4 of the README LSTM) through the real command line, one run after
    another (basic launcher, torch on every core) against hydra/launcher=joblib with 2 jobs
    (one torch thread each). Target: >= 1.6x.
 
@@ -496,26 +497,34 @@ def kernel_choice(cfg: Config) -> dict:
 
 # -- report ---------------------------------------------------------------------------------
 SWEEP_GRIDS = {
-    # name: (overrides of each run, steps per run in the full benchmark)
-    # the runs of experiment=results: long enough that process start-up is amortised
+    # name: (overrides of each run, steps per run in the full benchmark, seeds)
+    # a seed sweep of experiment=results' runs, the common sweep: many short, small runs
+    "12-seed sweep, results grid (LSTM 64, batch 32, copy T=70)": (
+        ["cell.hidden_size=64", "module.batch_size=32", "task=copy", "task.gap=50"],
+        300,
+        12,
+    ),
+    # the same runs at the results grid's full length: start-up amortised
     "results-grid LSTM (hidden 64, batch 32, copy T=70)": (
         ["cell.hidden_size=64", "module.batch_size=32", "task=copy", "task.gap=50"],
         1500,
+        4,
     ),
     # short runs of a model whose matmuls already use both cores in one process
-    "README LSTM (hidden 128, batch 64, adding T=50)": (["task=adding", "task.gap=50"], 150),
+    "README LSTM (hidden 128, batch 64, adding T=50)": (["task=adding", "task.gap=50"], 150, 4),
 }
 
 
 def sweep_speedup(quick: bool) -> list[dict]:
-    """Wall time of 4-run grids through the real command line: the basic launcher (one run
+    """Wall time of seed sweeps through the real command line: the basic launcher (one run
     after another, torch on every core) against hydra/launcher=joblib with 2 jobs (torch
-    threads per job = cores / 2, as bpttlab sets them). Target: serial / parallel >= 1.6."""
+    threads per job = cores / 2, as bpttlab sets them; loky keeps each worker, and its imports,
+    for every job it runs). Target: serial / parallel >= 1.6."""
     cli = str(Path(sys.executable).parent / "bpttlab-train")
     results = []
-    for grid_name, (overrides, full_steps) in SWEEP_GRIDS.items():
+    for grid_name, (overrides, full_steps, seeds) in SWEEP_GRIDS.items():
         steps = 20 if quick else full_steps
-        grid = ["-m", "cell=lstm", *overrides, "seed=0,1,2,3", f"trainer.max_steps={steps}"]
+        grid = ["-m", "cell=lstm", *overrides, f"seed=range({seeds})", f"trainer.max_steps={steps}"]
         grid += ["~callbacks.grad_flow", "module.stop_when_solved=false"]
         grid += ["trainer.val_check_interval=100000", "trainer.enable_progress_bar=false"]
         times = {}
@@ -533,7 +542,7 @@ def sweep_speedup(quick: bool) -> list[dict]:
         results.append(
             {
                 "grid": grid_name,
-                "runs": 4,
+                "runs": seeds,
                 "steps_per_run": steps,
                 "seconds": times,
                 "speedup": speedup,
@@ -543,10 +552,11 @@ def sweep_speedup(quick: bool) -> list[dict]:
 
 
 def print_sweep(results: list[dict]) -> None:
-    print("\n4. Parallel sweeps: grids of 4 LSTM runs from the command line, serial vs joblib")
+    print("\n4. Parallel sweeps: seed sweeps of LSTM runs from the command line, serial vs joblib")
     rows = [
         [
             r["grid"],
+            r["runs"],
             r["steps_per_run"],
             f"{r['seconds']['serial']:.1f}",
             f"{r['seconds']['joblib, 2 jobs']:.1f}",
@@ -555,7 +565,7 @@ def print_sweep(results: list[dict]) -> None:
         ]
         for r in results
     ]
-    print(table(["grid", "steps/run", "serial s", "joblib s", "speedup", "target"], rows))
+    print(table(["grid", "runs", "steps/run", "serial s", "joblib s", "speedup", "target"], rows))
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
