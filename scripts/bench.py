@@ -409,7 +409,8 @@ def gradflow_overhead(cfg: Config, weights: Weights) -> dict:
     # Per batch, within the runs with GradientFlow: probed batches against the others.
     pairs = [(b, p) for t in results["with"] for b, p in zip(t.batches, t.probed, strict=True)]
     probed = median([b for b, p in pairs if p])
-    unprobed = median([b for b, p in pairs if not p])
+    others = [b for b, p in pairs if not p]  # none when every step is probed
+    unprobed = median(others) if others else float("nan")
     every = cfg.gradflow_every
     steps = cfg.batch * cfg.seq_len * batches
     ratio = median(without) / median(with_flow)
