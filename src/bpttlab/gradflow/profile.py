@@ -120,7 +120,8 @@ def step_norm(grad: Tensor, batch_size: int) -> Tensor:
     norm is over its real and imaginary parts."""
     if grad.is_complex():
         grad = torch.view_as_real(grad).flatten(-2)
-    return (grad.double() * batch_size).norm(dim=-1).mean(dim=-1)
+    norms = torch.linalg.vector_norm(grad, dim=-1, dtype=torch.float64)  # no float32 underflow
+    return norms.mean(dim=-1) * batch_size
 
 
 def state_norms(grads: Tensor, batch_size: int) -> np.ndarray:
