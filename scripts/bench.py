@@ -516,14 +516,14 @@ SWEEP_GRIDS = {
 }
 
 
-def sweep_speedup(quick: bool) -> list[dict]:
+def sweep_speedup(quick: bool, grids: int = len(SWEEP_GRIDS)) -> list[dict]:
     """Wall time of seed sweeps through the real command line: the basic launcher (one run
     after another, torch on every core) against hydra/launcher=joblib with 2 jobs (torch
     threads per job = cores / 2, as bpttlab sets them; loky keeps each worker, and its imports,
     for every job it runs). Target: serial / parallel >= 1.6."""
     cli = str(Path(sys.executable).parent / "bpttlab-train")
     results = []
-    for grid_name, (overrides, full_steps, seeds) in SWEEP_GRIDS.items():
+    for grid_name, (overrides, full_steps, seeds) in list(SWEEP_GRIDS.items())[:grids]:
         steps = 20 if quick else full_steps
         grid = ["-m", "cell=lstm", *overrides, f"seed=range({seeds})", f"trainer.max_steps={steps}"]
         grid += ["~callbacks.grad_flow", "module.stop_when_solved=false"]
@@ -745,6 +745,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--probe-every", type=int, help="GradientFlow's every_n_steps in section 2 (default 10)"
     )
+    parser.add_argument("--sweep-grids", type=int, help="section 4: only the first N grids")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--sections",
@@ -755,7 +756,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.sections = set(args.sections.split(","))
     if args.sections - {"training", "gradflow", "kernels", "sweep"}:
         parser.error(f"unknown --sections {args.sections}")
-    for name in ("repeats", "threads", "probe_every"):
+    for name in ("repeats", "threads", "probe_every", "sweep_grids"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.clip_threshold is not None and not args.clip_threshold > 0:
@@ -797,7 +798,7 @@ def main(argv: list[str] | None = None) -> None:
     if training and flow and kernels:
         print_summary(training, flow, kernels)
     if "sweep" in args.sections:
-        sweep = sweep_speedup(args.quick)
+        sweep = sweep_speedup(args.quick, args.sweep_grids or len(SWEEP_GRIDS))
         print_sweep(sweep)
 
     elapsed = time.perf_counter() - start
