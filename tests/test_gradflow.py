@@ -39,6 +39,19 @@ def output_delta(w, hidden, batch):
     return len(hidden) * (logits.softmax(-1) - onehot) * mask / batch.mask.sum()
 
 
+def tanh_rnn_forward(w, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The states h_t of a one-layer tanh RNN (hidden 6) in float64, written out, and the
+    direct term of dL/dh_t (through the output at t alone)."""
+    x = w["model.encoder.weight"][batch.inputs]
+    W_ih, W_hh = w["model.layers.0.rnn.weight_ih_l0"], w["model.layers.0.rnn.weight_hh_l0"]
+    bias = w["model.layers.0.rnn.bias_ih_l0"] + w["model.layers.0.rnn.bias_hh_l0"]
+    h, hs = torch.zeros(len(x), 6, dtype=torch.float64), []
+    for t in range(x.shape[1]):
+        h = torch.tanh(x[:, t] @ W_ih.T + h @ W_hh.T + bias)
+        hs.append(h)
+    return hs, output_delta(w, torch.stack(hs, 1), batch) @ w["model.readout.weight"]
+
+
 KERNELS = {"unrolled": {}, "bpttlab kernel": {"kernel": "bpttlab"}}
 """How a probed step is traced: the step loop (torch's native kernel on the fast path) or
 bpttlab's kernel, whose backward hands over every dL/dh_k."""
@@ -55,14 +68,8 @@ def test_rnn_profile_matches_explicit_jacobian_chain(tmp_path, truncation, kerne
     batch = task.generate(4, batch_generator(0, TRAIN, 0, "cpu"))
     profile = probe_once(tmp_path, module)["h_layer0"]
 
-    x = w["model.encoder.weight"][batch.inputs]
-    W_ih, W_hh = w["model.layers.0.rnn.weight_ih_l0"], w["model.layers.0.rnn.weight_hh_l0"]
-    bias = w["model.layers.0.rnn.bias_ih_l0"] + w["model.layers.0.rnn.bias_hh_l0"]
-    h, hs = torch.zeros(4, 6, dtype=torch.float64), []
-    for t in range(task.seq_len):
-        h = torch.tanh(x[:, t] @ W_ih.T + h @ W_hh.T + bias)
-        hs.append(h)
-    direct = output_delta(w, torch.stack(hs, 1), batch) @ w["model.readout.weight"]
+    hs, direct = tanh_rnn_forward(w, batch)
+    W_hh = w["model.layers.0.rnn.weight_hh_l0"]
     starts = set(range(0, task.seq_len, truncation)) if truncation else {0}
     expected, g = np.zeros(task.seq_len), None
     for t in reversed(range(task.seq_len)):
@@ -86,14 +93,8 @@ def test_overlapping_windows_sum_their_gradients(tmp_path, kernel):
     batch = task.generate(4, batch_generator(0, TRAIN, 0, "cpu"))
     profile = probe_once(tmp_path, module)["h_layer0"]
 
-    x = w["model.encoder.weight"][batch.inputs]
-    W_ih, W_hh = w["model.layers.0.rnn.weight_ih_l0"], w["model.layers.0.rnn.weight_hh_l0"]
-    bias = w["model.layers.0.rnn.bias_ih_l0"] + w["model.layers.0.rnn.bias_hh_l0"]
-    h, hs = torch.zeros(4, 6, dtype=torch.float64), []
-    for t in range(task.seq_len):
-        h = torch.tanh(x[:, t] @ W_ih.T + h @ W_hh.T + bias)
-        hs.append(h)
-    direct = output_delta(w, torch.stack(hs, 1), batch) @ w["model.readout.weight"]
+    hs, direct = tanh_rnn_forward(w, batch)
+    W_hh = w["model.layers.0.rnn.weight_hh_l0"]
     total = torch.zeros(task.seq_len, 4, 6, dtype=torch.float64)
     windows = [(max(ls - 2, 0), ls, min(ls + 2, task.seq_len)) for ls in range(0, task.seq_len, 2)]
     overlapped = 0
