@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import small_module
+from conftest import fit, small_module
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bpttlab import CopyTask, module
 from bpttlab.tasks import VALIDATION, batch_generator
@@ -28,3 +29,24 @@ def test_validation_in_chunks_scores_the_whole_sequence(monkeypatch, chunk):
     assert metrics["loss"] == pytest.approx(loss.item(), rel=1e-12)
     assert metrics["accuracy"] == pytest.approx(hits.sum().item() / batch.scored.sum().item())
     assert metrics["normalized_loss"] == pytest.approx(loss.item() / task.baseline_loss, rel=1e-12)
+
+
+def test_training_scalars_reach_tensorboard_at_optimiser_steps(tmp_path):
+    """TBPTT(5) on copy (gap 6, 4 updates per batch), logging every batch: every training
+    scalar is in the event file, read back by TensorBoard, at the optimiser step after each
+    batch; the clipped fraction is a fraction and the losses agree with each other."""
+    task = CopyTask(gap=6)
+    seq = small_module(task, "gru", truncation=5)
+    fit(seq, tmp_path, steps=12)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = ["loss", "normalized_loss", "grad_norm", "clipped", "clipped_fraction"]
+    series = {tag: events.Scalars(f"train/{tag}") for tag in tags}
+    per_batch = seq.updates_per_batch()
+    assert per_batch > 1
+    for tag, points in series.items():
+        assert [p.step for p in points] == list(range(per_batch, 13, per_batch)), tag
+    assert all(0.0 <= p.value <= 1.0 for p in series["clipped_fraction"])
+    assert all(p.value > 0 for p in series["grad_norm"])
+    for loss, normalized in zip(series["loss"], series["normalized_loss"], strict=True):
+        assert normalized.value == pytest.approx(loss.value / task.baseline_loss, rel=1e-6)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -162,14 +163,24 @@ class SequenceModule(L.LightningModule):
             {"train/loss": loss, "train/normalized_loss": loss / self.task.baseline_loss},
             prog_bar=True,
         )
-        self.log_dict(
-            {
-                "train/grad_norm": grad_norm,
-                "train/clipped": clipped,
-                "train/clipped_fraction": self.clipped_updates / self.updates,
-                "step": float(self.global_step),  # TensorBoard's x-axis: optimiser steps
-            }
-        )
+        self.log("step", float(self.global_step))  # TensorBoard's x-axis: optimiser steps
+        scalars = {
+            "train/grad_norm": grad_norm,
+            "train/clipped": clipped,
+            "train/clipped_fraction": self.clipped_updates / self.updates,
+        }
+        writer = self._tensorboard()
+        if writer is None:
+            self.log_dict(scalars)
+            return
+        # Straight to TensorBoard: each key logged through Lightning costs about a millisecond.
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, float(value), self.global_step)
+
+    def _tensorboard(self):
+        """The SummaryWriter of the trainer's TensorBoardLogger, or None without one."""
+        loggers = self.trainer.loggers if self._trainer is not None else []
+        return next((lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
 
     def _diverge(self, step: int) -> None:
         """A non-finite loss or gradient ends the run as a result, not a crash."""
