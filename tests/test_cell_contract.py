@@ -173,3 +173,32 @@ def test_gradient_probe_sees_every_state(tmp_path, kind):
         for layer in range(2):
             profile = saved[f"{name}_layer{layer}"]
             assert profile.shape == (module.task.seq_len,) and (profile > 0).all()
+
+
+@pytest.mark.parametrize("kind", KINDS + ["lstm:onednn"])
+def test_a_kernel_trace_reads_the_gradient_into_every_state(kind):
+    """Where a cell serves a read-only trace from its kernel (``Cell.traced``), the gradient of
+    each sink at step t equals the gradient flowing into that state on the unrolled path, in
+    float64, for every layer, with a loss on every output and final state; the outputs and the
+    parameters' gradients are those of the fast path."""
+    options = {"kind": "lstm", "onednn": True} if kind == "lstm:onednn" else cell_args(kind)
+    torch.manual_seed(0)
+    net = RecurrentNet(VOCAB, OUT, **options, hidden_size=H, num_layers=2, t_max=T).double()
+    traced = net(tokens(), traced=True)
+    if not traced.trace.sinks:
+        assert all(len(steps) == T for steps in traced.trace[net.state_names[0]])
+        pytest.skip(f"{kind} has no kernel trace: its step loop serves it")
+    sink_grads = {key: [] for key in traced.trace.sinks}
+    for key, sink in traced.trace.sinks.items():
+        sink.register_hook(sink_grads[key].append)
+    loss_of(traced.outputs, traced.state).backward()
+
+    unrolled = net(tokens(), unrolled=True)
+    states = list(unrolled.trace.states())
+    for state in (s for *_, s in states):
+        state.retain_grad()
+    loss_of(unrolled.outputs, unrolled.state).backward()
+    assert len(sink_grads) == len(net.state_names) * 2
+    for name, layer, t, state in states:
+        (grad,) = sink_grads[(name, layer)]
+        torch.testing.assert_close(grad[t], state.grad, rtol=1e-9, atol=1e-12)
