@@ -8,6 +8,7 @@ from conftest import fit, small_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bpttlab import CopyTask, module
+from bpttlab.progress import ProgressBar
 from bpttlab.tasks import VALIDATION, batch_generator
 
 
@@ -50,3 +51,18 @@ def test_training_scalars_reach_tensorboard_at_optimiser_steps(tmp_path):
     assert all(p.value > 0 for p in series["grad_norm"])
     for loss, normalized in zip(series["loss"], series["normalized_loss"], strict=True):
         assert normalized.value == pytest.approx(loss.value / task.baseline_loss, rel=1e-6)
+
+
+def test_the_progress_bar_shows_step_loss_and_normalised_loss(tmp_path):
+    """After training, the bar's metrics are the optimiser step and the last logged batch's
+    loss and normalised loss, as the event file has them."""
+    task = CopyTask(gap=6)
+    seq = small_module(task, "gru")
+    trainer = fit(seq, tmp_path, steps=5)
+    shown = ProgressBar().get_metrics(trainer, seq)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    last = {tag: events.Scalars(f"train/{tag}")[-1].value for tag in ("loss", "normalized_loss")}
+    assert shown["step"] == 5
+    assert float(shown["loss"]) == pytest.approx(last["loss"], rel=1e-3)
+    assert float(shown["norm_loss"]) == pytest.approx(last["normalized_loss"], rel=1e-2)
