@@ -32,6 +32,9 @@ ARGS = [
     "callbacks.grad_flow.figures_every_n_steps=1000",
 ]
 
+STEPS = 300
+"""Long enough that the signal, sent within 0.5 s of the first checkpoint, lands mid-run."""
+
 pytestmark = pytest.mark.slow
 
 
@@ -61,7 +64,7 @@ def profiles(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     ids=["SIGINT-full-BPTT", "SIGTERM-TBPTT"],
 )
 def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, sig, schedule):
-    args = [*ARGS, *schedule, "trainer.max_steps=60"]
+    args = [*ARGS, *schedule, f"trainer.max_steps={STEPS}"]
     whole = tmp_path / "whole"
     run([*args, f"hydra.run.dir={whole}"], tmp_path)
 
@@ -81,7 +84,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, sig, schedu
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + sig.value, stderr[-3000:]
     metrics = json.loads((cut / "metrics.json").read_text())
-    assert metrics["status"] == "interrupted" and 0 < metrics["steps"] < 60
+    assert metrics["status"] == "interrupted" and 0 < metrics["steps"] < STEPS
     last = stdout.strip().splitlines()[-1]
     assert last.startswith(f"interrupted at step {metrics['steps']}; resume with: bpttlab-train ")
     resume = last.split("resume with: ", 1)[1]
