@@ -53,7 +53,14 @@ def table(rows: list[dict[str, str]]) -> str:
     columns = sorted({(r["task"], int(r["gap"])) for r in rows}, key=lambda c: (c[0] != "copy", c))
     cells: dict[str, dict[tuple[str, int], str]] = {}
     for r in rows:
-        cells.setdefault(row_name(r), {})[(r["task"], int(r["gap"]))] = entry(r)
+        entries = cells.setdefault(row_name(r), {})
+        column = (r["task"], int(r["gap"]))
+        if column in entries:
+            raise SystemExit(
+                f"results_table: two groups for {row_name(r)} at {column[0]} {column[1]}: their "
+                "configs differ in more than cell, init, task and gap (see report.csv)"
+            )
+        entries[column] = entry(r)
     header = ["cell, init", *(f"{task} {gap}" for task, gap in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entries in sorted(cells.items(), key=lambda item: row_order(item[0])):

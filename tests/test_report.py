@@ -139,6 +139,21 @@ def test_a_setting_outside_the_hyperparameters_splits_groups_and_names_itself(tm
     assert varying(groups) == ["trainer.max_steps"]
 
 
+def test_the_progress_bar_does_not_split_a_group(tmp_path):
+    """Runs that differ in seed and in how they show progress are one group of three."""
+    root = tmp_path / "sweep"
+    bars = ["lightning.pytorch.callbacks.TQDMProgressBar", "bpttlab.progress.ProgressBar", None]
+    for seed, bar in enumerate(bars):
+        run = write_run(root, f"run_{seed}", unsolved(0.9), seed)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        if bar is not None:
+            config["callbacks"]["progress_bar"] = {"_target_": bar, "refresh_rate": 10}
+        config["trainer"]["enable_progress_bar"] = bar is not None
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    groups = group_runs(read_runs(root))
+    assert [len(g.runs) for g in groups] == [3]
+
+
 def test_compare_pairs_by_seed_and_says_when_seeds_cannot_tell(sweep):
     (comparison,) = compare(read_runs(sweep), "cell.init", "default", "chrono")
     assert comparison.seeds == [0, 1, 2]  # seed 3: diverged against failed, no pair
