@@ -172,7 +172,7 @@ class SequenceModule(L.LightningModule):
             "loss": f"{loss:.4g}",
             "norm_loss": f"{loss / self.task.baseline_loss:.3g}",
         }
-        writer = self._tensorboard()
+        writer = tensorboard_writer(self._trainer)
         if writer is None:  # another logger: through Lightning, at the optimiser step
             self.log_dict(scalars | {"step": float(self.global_step)})
             return
@@ -180,11 +180,6 @@ class SequenceModule(L.LightningModule):
         # per logging batch, a few percent of training.
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, self.global_step)
-
-    def _tensorboard(self):
-        """The SummaryWriter of the trainer's TensorBoardLogger, or None without one."""
-        loggers = self.trainer.loggers if self._trainer is not None else []
-        return next((lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
 
     def _diverge(self, step: int) -> None:
         """A non-finite loss or gradient ends the run as a result, not a crash."""
@@ -195,11 +190,10 @@ class SequenceModule(L.LightningModule):
 
     # -- validation --------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val_sums: Tensor | None = None
+        self._val_sums: Tensor | int = 0
 
     def validation_step(self, index: int, _batch_idx: int) -> None:
-        sums = self.metric_sums(self.data.validation(index, self.device))
-        self._val_sums = sums if self._val_sums is None else self._val_sums + sums
+        self._val_sums = self._val_sums + self.metric_sums(self.data.validation(index, self.device))
 
     def metric_sums(self, batch: Batch) -> Tensor:
         """The task's ``metric_sums`` over ``batch``, the model run ``VALIDATION_CHUNK`` steps at
@@ -240,3 +234,9 @@ class SequenceModule(L.LightningModule):
         self.updates = saved.get("updates", 0)
         self.clipped_updates = saved.get("clipped_updates", 0)
         self.solved_at_step = saved.get("solved_at_step")
+
+
+def tensorboard_writer(trainer: L.Trainer | None):
+    """The SummaryWriter of ``trainer``'s TensorBoardLogger, or None without one."""
+    loggers = trainer.loggers if trainer is not None else []
+    return next((lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)), None)

@@ -10,9 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from bpttlab.resume import check_resume
 from bpttlab.rundir import busy, check_writable, live_pid
-from bpttlab.validation import ConfigError
-
-MULTIRUN_FLAGS = ("-m", "--multirun")
+from bpttlab.validation import MULTIRUN_FLAGS, ConfigError
 
 
 def last_value(args: list[str], key: str) -> str | None:

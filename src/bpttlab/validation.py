@@ -120,6 +120,7 @@ def hydra_arguments(argv: list[str]) -> list[str] | None:
     return (["-m"] if parsed.multirun else []) + list(parsed.overrides)
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
 RESERVED = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
 """Keys that pick the code a config builds: never from the command line."""
 MAX_RUNS = 10_000
@@ -187,7 +188,7 @@ def check_command_line(
         else [o.input_line]
         for o in parsed
     ]
-    multirun = bool({"-m", "--multirun"} & set(args))
+    multirun = bool(set(MULTIRUN_FLAGS) & set(args))
     for o in parsed:
         if o.is_sweep_override() and not multirun:
             key, _, value = o.input_line.partition("=")

@@ -14,7 +14,7 @@ from bpttlab import validation
 from bpttlab.bptt import shared_timesteps
 from bpttlab.gradflow.figures import heatmap_figure, profile_figure
 from bpttlab.gradflow.profile import Probe, profile_summary, save_profile
-from bpttlab.module import SequenceModule
+from bpttlab.module import SequenceModule, tensorboard_writer
 
 
 class GradientFlow(L.Callback):
@@ -137,7 +137,7 @@ class GradientFlow(L.Callback):
             self._draw(trainer, pl_module, *self._undrawn)
 
     def _log(self, trainer, module: SequenceModule, step: int, profiles, full, cosine) -> None:
-        writer = _writer(trainer)
+        writer = tensorboard_writer(trainer)
         self.history_steps.append(step)
         for name, profile in profiles.items():
             self.history.setdefault(name, []).append(profile)
@@ -158,7 +158,7 @@ class GradientFlow(L.Callback):
 
     def _draw(self, trainer, module: SequenceModule, step: int, profiles, full) -> None:
         """The heatmaps (every probe so far) and the profile figure of ``step``."""
-        writer = _writer(trainer)
+        writer = tensorboard_writer(trainer)
         for name in profiles:
             fig = heatmap_figure(
                 np.stack(self.history[name]), self.history_steps, f"log10 ||dL/d{name}||"
@@ -168,10 +168,6 @@ class GradientFlow(L.Callback):
         fig = profile_figure(lines, step, module.task.landmarks(), boundaries(module))
         writer.add_figure("grad_flow/profile", fig, step)
         self._last_figures, self._undrawn = step, None
-
-
-def _writer(trainer: L.Trainer):
-    return next(lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)).experiment
 
 
 def boundaries(module: SequenceModule) -> list[int]:

@@ -72,23 +72,18 @@ class Probe:
         return bool(self.norms or self._pending)
 
     def _record(self, key: tuple[str, int], t: int, grad: Tensor) -> None:
-        self._recorded_since_trace = True
-        if t not in self.shared:
-            self._store(key, t, grad)
-            return
-        pending = self._pending.setdefault(key, {})
-        pending[t] = pending[t] + grad if t in pending else grad.clone()
+        """The gradient of timestep ``t``, from a step loop's state."""
+        self._record_span(key, t, grad.unsqueeze(0))
 
     def _record_span(self, key: tuple[str, int], offset: int, grads: Tensor) -> None:
-        """The gradients of every timestep from ``offset`` on, from a kernel's sink."""
+        """The gradients of every timestep from ``offset`` on (a kernel's sink: all of them)."""
         self._recorded_since_trace = True
         norms = self._norms(key, grads)
         norms[offset : offset + len(grads)] = step_norm(grads, self.batch_size)
         pending = self._pending.setdefault(key, {})
         for t in self.shared.intersection(range(offset, offset + len(grads))):
-            pending[t] = (
-                pending[t] + grads[t - offset] if t in pending else grads[t - offset].clone()
-            )
+            grad = grads[t - offset]
+            pending[t] = pending[t] + grad if t in pending else grad.clone()
 
     def _norms(self, key: tuple[str, int], like: Tensor) -> Tensor:
         norms = self.norms.get(key)
