@@ -4,6 +4,9 @@ multiple); ``StopOnSignal`` has it save the batch a signal stops the run after.
 
 A Checkpoint subclass, so Lightning runs it after every other callback of the batch; the file
 is written next to the old one and renamed over it, so a kill never leaves half a checkpoint.
+A batch that Lightning validates after is saved after that validation: Lightning resumes from
+such a checkpoint without validating again, but skips the validation of a checkpoint taken
+before it, which would lose that validation's points and what it decided (``solved_at_step``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ def save_atomically(trainer: L.Trainer, path: Path) -> None:
     os.replace(partial, path)
 
 
+def validation_follows(trainer: L.Trainer) -> bool:
+    """Whether Lightning validates right after the training batch now ending (ask from
+    ``on_train_batch_end``): the very test its training loop makes after the batch."""
+    return trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+
+
 class LastCheckpoint(Checkpoint):
     """Keep ``<dirpath>/last.ckpt`` at most ``every_n_train_steps`` optimiser steps old."""
 
@@ -34,6 +43,7 @@ class LastCheckpoint(Checkpoint):
         self.dirpath = Path(dirpath or "checkpoints")
         self.every_n_train_steps = validation.integer("every_n_train_steps", every_n_train_steps, 1)
         self.saved_at_step: int | None = None
+        self._after_validation = False
 
     @property
     def path(self) -> Path:
@@ -45,7 +55,14 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, *_args: object) -> None:
         step, last = trainer.global_step, self.saved_at_step or 0
         crossed = step // self.every_n_train_steps > last // self.every_n_train_steps
-        if crossed:
+        if crossed and validation_follows(trainer):
+            self._after_validation = True
+        elif crossed:
+            self.save(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
             self.save(trainer)
 
     def save(self, trainer: L.Trainer) -> None:

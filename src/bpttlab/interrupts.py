@@ -1,5 +1,6 @@
 """SIGINT (Ctrl-C) and SIGTERM (what SLURM sends on pre-emption) end a run at a batch
-boundary, with a checkpoint of that batch, as an interruption that can be resumed."""
+boundary (after the validation the batch triggers, if any), with a checkpoint of that point,
+as an interruption that can be resumed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from types import FrameType
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
-from bpttlab.checkpoint import LastCheckpoint
+from bpttlab.checkpoint import LastCheckpoint, validation_follows
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -18,13 +19,23 @@ class Interrupted(Exception):
     """Training stopped after a batch because a signal asked it to."""
 
 
+def ends_after_this_batch(trainer: L.Trainer) -> bool:
+    """Whether the run ends after the batch now ending: asked to stop (diverged, solved) or
+    at ``max_steps``; such a run is left to end, with nothing to resume."""
+    at_budget = 0 <= trainer.max_steps <= trainer.global_step
+    return trainer.should_stop or at_budget
+
+
 class StopOnSignal(Checkpoint):
-    """Record the first SIGINT or SIGTERM; after the batch in flight, checkpoint and stop.
+    """Record the first SIGINT or SIGTERM; after the batch in flight and the validation that
+    batch triggers, checkpoint and stop.
 
     A Checkpoint subclass, so that Lightning runs it after every other callback of the batch
-    (the probes, the LastCheckpoint): the checkpoint then holds exactly the state a run never
-    interrupted has at that step. It stops by raising Interrupted, not by ``should_stop``,
-    which would make Lightning run one more validation than the uninterrupted run.
+    (the probes, the LastCheckpoint) and of the validation (its log line): the checkpoint then
+    holds exactly the state a run never interrupted has at that point, and resuming it neither
+    repeats nor skips a validation. It stops by raising Interrupted, not by ``should_stop``,
+    which would make Lightning run one more validation than the uninterrupted run. A run that
+    ends after this batch anyway (diverged, solved) is left to end as it would have.
 
     ``install`` takes over both signals (train() does so before building anything);
     ``on_train_start`` takes them over again, after Lightning put its own SIGTERM handler in.
@@ -34,6 +45,7 @@ class StopOnSignal(Checkpoint):
     def __init__(self) -> None:
         self.received: str | None = None
         self.stopped_at_step: int | None = None
+        self._after_validation = False
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
@@ -56,8 +68,20 @@ class StopOnSignal(Checkpoint):
             signal.signal(signum, self._handle)
 
     def on_train_batch_end(self, trainer: L.Trainer, *_args: object) -> None:
-        if self.received is None:
+        if self.received is None or ends_after_this_batch(trainer):
             return
+        if validation_follows(trainer):
+            self._after_validation = True
+        else:
+            self._stop(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
+            if not trainer.should_stop:
+                self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
         self.stopped_at_step = trainer.global_step
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, LastCheckpoint):

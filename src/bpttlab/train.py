@@ -190,7 +190,7 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, Any]:
         with RunLock(run_dir):
             resume_from = check_run_dir(cfg)
             with run_log(run_dir) as log:
-                trainer.callbacks.append(ValidationLog(log))
+                trainer.callbacks.insert(0, ValidationLog(log))  # before the checkpoints
                 return _fit(cfg, module, trainer, stop, resume_from, log)
     finally:
         stop.uninstall()
@@ -359,8 +359,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         if _multirun():  # recorded as failed in its run dir; the sweep goes on
             return DIVERGED_OBJECTIVE
         raise SystemExit(1) from None  # train() printed the one-line outcome
-    if metrics["status"] == "interrupted":  # a sweep stops too; 128 + signal, as a shell says
-        raise SystemExit(128 + signal.Signals[stop.received].value)
+    if stop.received is not None:  # a sweep stops too (also when this run got to finish)
+        raise SystemExit(128 + signal.Signals[stop.received].value)  # as a shell says
     return objective(metrics, cfg.optimized_metric)
 
 
