@@ -1,6 +1,6 @@
-"""Benchmark whole runs through the real command line: peak memory and start-up.
+"""Benchmark whole runs through the real command line: peak memory, start-up, freed memory.
 
-    python scripts/bench_runs.py [--sections memory,startup] [--repeats N] [--json PATH]
+    python scripts/bench_runs.py [--sections memory,startup,allocator] [--repeats N] [--json PATH]
 
 1. Memory. Peak resident memory (the child's own ``ru_maxrss``) of ``bpttlab-train task=copy``
    with truncated BPTT (truncation 20) at gap 1000 and gap 10000: 20 optimiser steps, a
@@ -13,6 +13,11 @@
    lightning"`` until its import is done; alternated A B A B, medians. Target: at most 1.3x.
 
 Both run with one torch thread (``threads=1``), so that a busy machine does not stall them.
+
+3. Freed memory. The bench's LSTM run (adding task T = 200, hidden 128, batch 64, full BPTT,
+   100 steps, no probes) with ``keep_freed_memory=true`` (the default) against ``false``,
+   alternated A B A B on every core: each run's own training time (metrics.json's
+   ``wall_seconds``), its minor page faults per step and its peak resident memory, medians.
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ MEMORY_RUNS = {
     "TBPTT(20), gap 10000": ["task.gap=10000", "bptt.truncation=20"],
     "full BPTT, gap 10000": ["task.gap=10000", "trainer.max_steps=2"],
 }
+ALLOCATOR_RUN = [
+    *["task=adding", "task.gap=200", "cell.hidden_size=128", "module.batch_size=64"],
+    *["trainer.max_steps=100", "~callbacks.grad_flow", "module.stop_when_solved=false"],
+    "trainer.enable_progress_bar=false",
+]
 MEMORY_TARGET = 1.10
 STARTUP_TARGET = 1.3
 
@@ -108,19 +118,53 @@ def startup(repeats: int) -> dict:
     }
 
 
+def allocator_run(keep: bool, run_dir: Path) -> dict:
+    """One run of ALLOCATOR_RUN: training seconds, minor page faults per step, peak MB."""
+    command = [CLI, *ALLOCATOR_RUN, f"keep_freed_memory={keep}", f"hydra.run.dir={run_dir}"]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    if status != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{child.stderr.read().decode()[-2000:]}")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if metrics["freed_memory_kept"] is not keep:
+        raise SystemExit(f"keep_freed_memory={keep} did not take effect in {run_dir}")
+    return {
+        "seconds": metrics["wall_seconds"],
+        "faults_per_step": usage.ru_minflt / metrics["steps"],
+        "peak_mb": usage.ru_maxrss / 1024,
+    }
+
+
+def allocator(repeats: int) -> dict:
+    runs: dict[str, list[dict]] = {"kept": [], "returned": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(repeats):
+            print(f"  freed memory: round {i + 1}/{repeats}", file=sys.stderr)
+            for name, keep in (("kept", True), ("returned", False)):
+                runs[name].append(allocator_run(keep, Path(tmp) / f"{name}{i}"))
+    medians = {
+        name: {k: statistics.median(r[k] for r in results) for k in results[0]}
+        for name, results in runs.items()
+    }
+    speedup = medians["returned"]["seconds"] / medians["kept"]["seconds"]
+    return {"runs": runs, "median": medians, "speedup": speedup}
+
+
 def verdict(met: bool, target: str) -> str:
     return f"met ({target})" if met else f"MISSED ({target})"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sections", default="memory,startup", help="memory,startup or one")
-    parser.add_argument("--repeats", type=int, default=5, help="start-up rounds (A B)")
+    parser.add_argument(
+        "--sections", default="memory,startup,allocator", help="memory,startup,allocator or some"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="start-up and allocator rounds")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
-    if sections - {"memory", "startup"} or args.repeats < 1:
-        parser.error("--sections takes memory, startup; --repeats >= 1")
+    if sections - {"memory", "startup", "allocator"} or args.repeats < 1:
+        parser.error("--sections takes memory, startup, allocator; --repeats >= 1")
     report = {}
     if "memory" in sections:
         report["memory"] = r = memory()
@@ -140,6 +184,15 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"  to first step / import lightning: {ratio:.2f} {verdict(ratio <= STARTUP_TARGET, '<= 1.3')}"
         )
+    if "allocator" in sections:
+        report["allocator"] = r = allocator(args.repeats)
+        print(f"3. Freed memory kept or returned (keep_freed_memory), medians of {args.repeats}")
+        for name, m in r["median"].items():
+            print(
+                f"  {name:9s} {m['seconds']:7.2f} s  {m['faults_per_step']:8.0f} faults/step"
+                f"  {m['peak_mb']:6.0f} MB peak"
+            )
+        print(f"  speed-up from keeping it: {r['speedup']:.2f}x")
     print(f"load average at end {[round(v, 2) for v in os.getloadavg()]}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -308,10 +308,12 @@ def test_an_installed_wheel_finds_every_config(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flush", [True, False])
-def test_flush_subnormals_takes_effect_in_the_training_process(tmp_path, flush):
-    """A real run applies flush_subnormals and observes it on its kernel threads."""
-    overrides = [*SMALL, "trainer.max_steps=2", "~callbacks.grad_flow", f"flush_subnormals={flush}"]
+@pytest.mark.parametrize(("flush", "keep"), [(True, False), (False, True)])
+def test_process_settings_take_effect_in_the_training_process(tmp_path, flush, keep):
+    """A real run applies flush_subnormals and keep_freed_memory, each on its own, and
+    observes them (subnormals on its kernel threads, freed memory in glibc's allocator)."""
+    overrides = [*SMALL, "trainer.max_steps=2", "~callbacks.grad_flow"]
+    overrides += [f"flush_subnormals={flush}", f"keep_freed_memory={keep}"]
     result = subprocess.run(
         [*CLI, *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True,
@@ -321,3 +323,4 @@ def test_flush_subnormals_takes_effect_in_the_training_process(tmp_path, flush):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["subnormals_flushed"] is flush
+    assert metrics["freed_memory_kept"] is keep

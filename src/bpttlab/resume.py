@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from bpttlab.outcome import one_line
 from bpttlab.validation import ConfigError
 
-MAY_CHANGE = ("trainer.max_steps", "resume")
+MAY_CHANGE = ("trainer.max_steps", "resume", "keep_freed_memory")
 """Keys a resumed run may set differently from the run it continues: the budget."""
 
 

@@ -29,9 +29,9 @@ FINISHED = ("completed", "diverged")
 PATH_KEYS = {"run_dir", "dirpath", "save_dir", "default_root_dir", "log_dir", "ckpt_path"}
 """Config keys that say where a run writes, not what it runs: never part of a group's identity."""
 
-DISPLAY_KEYS = ("callbacks.progress_bar", "trainer.enable_progress_bar")
-"""Config keys (and the keys under them) that change what a run shows, not what it computes:
-never part of a group's identity either."""
+DISPLAY_KEYS = ("callbacks.progress_bar", "trainer.enable_progress_bar", "keep_freed_memory")
+"""Config keys (and the keys under them) that change what a run shows or how fast, not what it
+computes: never part of a group's identity either."""
 
 
 @dataclass

@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bpttlab import config_checks, outcome, preflight, rundir, validation
+from bpttlab.allocator import freed_memory_kept, keep_freed_memory
 from bpttlab.checkpoint import save_atomically
 from bpttlab.hparams import hyperparameters
 from bpttlab.interrupts import Interrupted, StopOnSignal
@@ -336,6 +337,7 @@ def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -
         "sequences": module.batches * module.batch_size,
         "wall_seconds": round(wall_seconds, 3),
         "subnormals_flushed": subnormals_flushed(),
+        "freed_memory_kept": freed_memory_kept(),
     }
 
 
@@ -350,6 +352,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         torch.set_num_threads(torch_threads(cfg))
         flush_subnormals(cfg.flush_subnormals)
+        keep_freed_memory(cfg.get("keep_freed_memory", True))
         stop = StopOnSignal()
         metrics = train(cfg, stop=stop)
     except validation.ConfigError as error:
