@@ -43,7 +43,9 @@ the median of its repeats, with warm-up runs excluded, and the ratio of the medi
 
 Every Lightning run logs to a real TensorBoardLogger in a temporary directory, with
 ``log_every_n_steps=10`` as in conf/trainer/default.yaml; no validation, no checkpoints, no
-progress bar. ``--quick`` shrinks every size for a smoke run of under a minute. ``--threads``
+progress bar. Like bpttlab-train by default, the process flushes subnormals and keeps freed
+memory (``bpttlab.allocator``), for every path alike. ``--cell gru`` runs section 2 with
+bpttlab's GRU kernel (the GRU default) instead of the LSTM. ``--quick`` shrinks every size for a smoke run of under a minute. ``--threads``
 sets torch's intra-op threads (on a machine whose cores are busy with other work, 1 thread
 avoids oversubscription stalls). ``--clip-threshold`` changes the clipping threshold of
 the training runs (a threshold no gradient reaches makes clipping an exact no-op on both paths).
@@ -73,7 +75,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from bpttlab import BPTT, AddingTask, Clipping, GradientFlow, RecurrentNet, SequenceModule, Window
+from bpttlab.allocator import keep_freed_memory
 from bpttlab.cells.torch_recurrence import onednn
+from bpttlab.subnormals import flush_subnormals
 from bpttlab.tasks import TRAIN, batch_generator
 
 SEED = 0
@@ -89,6 +93,7 @@ Weights = dict[str, torch.Tensor]
 class Config:
     """What the benchmark runs; FULL is the reported configuration."""
 
+    cell: str = "lstm"  # section 2 may take gru (the others are written for the LSTM)
     clip: float = 1.0  # gradient-norm clipping threshold
     seq_len: int = 200  # adding task gap T
     hidden: int = 128
@@ -125,15 +130,21 @@ QUICK = Config(
 
 
 # -- shared pieces --------------------------------------------------------------------------
+CELL_DEFAULTS = {
+    "lstm": {"onednn": True},  # conf/cell/lstm.yaml: PyTorch's fastest LSTM kernel on CPU
+    "gru": {"kernel": "bpttlab"},  # conf/cell/gru.yaml: bpttlab's GRU kernel
+}
+
+
 def make_model(task: AddingTask, cfg: Config) -> RecurrentNet:
     return RecurrentNet(
         input_size=task.input_size,
         output_size=task.output_size,
         token_input=task.token_input,
-        kind="lstm",
+        kind=cfg.cell,
         hidden_size=cfg.hidden,
         embedding_dim=cfg.embedding,
-        onednn=True,  # conf/cell/lstm.yaml's default: PyTorch's fastest LSTM kernel on CPU
+        **CELL_DEFAULTS[cfg.cell],
     )
 
 
@@ -417,6 +428,7 @@ def gradflow_overhead(cfg: Config, weights: Weights) -> dict:
     return {
         "batches_per_run": batches,
         "every_n_steps": every,
+        "cell": cfg.cell,
         "probe_steps": probes,
         "without_s": without,
         "with_s": with_flow,
@@ -661,7 +673,7 @@ def print_training(results: list[dict]) -> None:
 def print_gradflow(r: dict) -> None:
     print(
         f"2. GradientFlow overhead: every {r['every_n_steps']} steps, {r['batches_per_run']} "
-        f"batches per run, probes at steps {r['probe_steps']} (full BPTT)"
+        f"batches per run, probes at steps {r['probe_steps']} ({r['cell'].upper()}, full BPTT)"
     )
     rows = [
         [
@@ -746,6 +758,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--probe-every", type=int, help="GradientFlow's every_n_steps in section 2 (default 10)"
     )
     parser.add_argument("--sweep-grids", type=int, help="section 4: only the first N grids")
+    parser.add_argument(
+        "--cell", choices=sorted(CELL_DEFAULTS), help="section 2's cell (default lstm)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--sections",
@@ -759,6 +774,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("repeats", "threads", "probe_every", "sweep_grids"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.cell not in (None, "lstm") and args.sections != {"gradflow"}:
+        parser.error("--cell gru takes --sections gradflow (the plain loop is an LSTM's)")
     if args.clip_threshold is not None and not args.clip_threshold > 0:
         parser.error("--clip-threshold must be positive")
     return args
@@ -768,6 +785,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # each table as soon as it is measured
     quiet()
+    flush_subnormals(True)  # as bpttlab-train does by default, for every path measured here
+    keep_freed_memory(True)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = QUICK if args.quick else FULL
@@ -777,6 +796,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, clip=args.clip_threshold)
     if args.probe_every:
         cfg = replace(cfg, gradflow_every=args.probe_every)
+    if args.cell:
+        cfg = replace(cfg, cell=args.cell)
     env = environment()
     print_header(env, cfg, args.quick)
     start = time.perf_counter()

@@ -9,7 +9,7 @@ repeats after a warm-up. On CPU a second table times the training kernels of rnn
 (one layer, forward + backward from a given state): torch's native kernel, torch's oneDNN
 kernel and bpttlab's own (``cell.kernel=bpttlab``), in alternation (A B C A B C ...), with the
 ratio of the fastest torch kernel's time to bpttlab's (> 1: bpttlab is faster). Subnormals
-are flushed, as in training runs. On a machine shared with other jobs, OMP_WAIT_POLICY=passive
+are flushed and freed memory kept (``bpttlab.allocator``), as in training runs. On a machine shared with other jobs, OMP_WAIT_POLICY=passive
 keeps idle OpenMP threads from spinning against them (else timings can jump a hundredfold). Also a GEMM ceiling measured in the same run (a large float32 matrix
 product), and for the torch-backed cells their GFLOP/s (forward + backward of the recurrence:
 about 3 x 2 x T x B x gates x H x (E + H) flops). On CPU the LSTM is shown with oneDNN's kernel
@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from bpttlab.allocator import keep_freed_memory
 from bpttlab.cells import CELLS
 from bpttlab.model import RecurrentNet
 from bpttlab.subnormals import flush_subnormals
@@ -120,6 +121,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     flush_subnormals(True)
+    keep_freed_memory(True)
     device = torch.device(args.device)
     B, T, E, H = args.batch, args.seq_len, args.embedding, args.hidden
     ceiling = gemm_gflops(device)
