@@ -670,10 +670,16 @@ def print_training(results: list[dict]) -> None:
     )
 
 
+def probe_list(steps: list[int]) -> str:
+    if len(steps) <= 16:
+        return f"probes at steps {steps}"
+    return f"{len(steps)} probes at steps {steps[0]}, {steps[1]}, ..., {steps[-1]}"
+
+
 def print_gradflow(r: dict) -> None:
     print(
         f"2. GradientFlow overhead: every {r['every_n_steps']} steps, {r['batches_per_run']} "
-        f"batches per run, probes at steps {r['probe_steps']} ({r['cell'].upper()}, full BPTT)"
+        f"batches per run, {probe_list(r['probe_steps'])} ({r['cell'].upper()}, full BPTT)"
     )
     rows = [
         [
