@@ -34,15 +34,16 @@ class LSTMRecurrence(torch.autograd.Function):
         doubled_cell[3 * H :] = 2  # sigmoid(2 g) gives tanh(g) = 2 sigmoid(2 g) - 1
         inputs = x.transpose(0, 1).contiguous()
         bias = reorder(b_ih + b_hh, TO_INSIDE) * doubled_cell[:, 0]
-        projected = torch.addmm(bias, inputs.view(T * B, -1), (w_ih * doubled_cell).t())
-        projected = projected.view(T, B, 4 * H)
-        gates = x.new_empty(T, B, 4 * H)  # o, i, f, g
+        gates = x.new_empty(T, B, 4 * H)  # o, i, f, g: the input projections, then the gates
+        torch.addmm(
+            bias, inputs.view(T * B, -1), (w_ih * doubled_cell).t(), out=gates.view(T * B, -1)
+        )
         hs, cs = x.new_empty(T + 1, B, H), x.new_empty(T + 1, B, H)
         hs[0], cs[0] = h0, c0
         squashed_cells = x.new_empty(T, B, H)  # tanh(c)
         w_hh_t = (w_hh * doubled_cell).t()
         for t in range(T):
-            gate = torch.addmm(projected[t], hs[t], w_hh_t, out=gates[t]).sigmoid_()
+            gate = gates[t].addmm_(hs[t], w_hh_t).sigmoid_()
             gate[:, 3 * H :].mul_(2).sub_(1)
             output, input_, forget, cell = gate.unflatten(1, (4, H)).unbind(1)
             torch.mul(forget, cs[t], out=cs[t + 1]).addcmul_(input_, cell)

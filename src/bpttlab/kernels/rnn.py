@@ -14,12 +14,12 @@ class ElmanRecurrence(torch.autograd.Function):
         B, T, _ = x.shape
         H = h0.shape[1]
         inputs = x.transpose(0, 1).contiguous()
-        projected = torch.addmm(b_ih + b_hh, inputs.view(T * B, -1), w_ih.t()).view(T, B, H)
-        hs = x.new_empty(T + 1, B, H)
+        hs = x.new_empty(T + 1, B, H)  # h0, then each step's input projection, then its state
         hs[0] = h0
+        torch.addmm(b_ih + b_hh, inputs.view(T * B, -1), w_ih.t(), out=hs[1:].view(T * B, H))
         w_hh_t = w_hh.t()
         for t in range(T):
-            pre = torch.addmm(projected[t], hs[t], w_hh_t, out=hs[t + 1])
+            pre = hs[t + 1].addmm_(hs[t], w_hh_t)
             if nonlinearity == "tanh":
                 tanh(pre, out=pre)
             else:
