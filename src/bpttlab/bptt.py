@@ -113,7 +113,8 @@ def run_windows(
         targets = batch.slice(window.loss_start, window.end)
         if not targets.mask.any():  # nothing to learn here: carry the state only
             with torch.no_grad():
-                state = run_window(model, batch.inputs, state, window, unrolled=False)[1]
+                inputs = batch.inputs[:, window.start : window.carry]
+                state = model.carry(inputs, detach_state(state)) if inputs.shape[1] else state
             continue
         outputs, carried, traces = run_window(model, batch.inputs, state, window, unrolled, traced)
         for offset, trace in traces:

@@ -139,6 +139,18 @@ class RecurrentNet(nn.Module):
             traced: return a Trace whose gradients are only to be read: served by each cell's
                 kernel where it has one (``Cell.traced``), else by its step loop.
         """
+        x, finals, trace = self.recur(inputs, state, unrolled, traced)
+        return Run(self.readout(x), finals, trace)
+
+    def carry(self, inputs: Tensor, state: State | None = None) -> State:
+        """The state after ``inputs``, without the readout: a window with no targets in it."""
+        return self.recur(inputs, state)[1]
+
+    def recur(
+        self, inputs: Tensor, state: State | None, unrolled: bool = False, traced: bool = False
+    ) -> tuple[Tensor, State, Trace | None]:
+        """Encoder and cells (``forward`` without the readout): the last layer's outputs, the
+        final state and the trace."""
         x = self.encoder(inputs)
         finals = []
         trace = Trace({name: [] for name in self.state_names}) if unrolled or traced else None
@@ -157,4 +169,4 @@ class RecurrentNet(nn.Module):
                 for name, values in steps.items():
                     trace[name].append(values)
             finals.append(final)
-        return Run(self.readout(x), tuple(finals), trace)
+        return x, tuple(finals), trace
