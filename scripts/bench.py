@@ -289,7 +289,7 @@ def train_plain(
         for w in windows:
             inputs = batch.inputs[:, w.start : w.end]
             mask = batch.mask[:, w.loss_start : w.end]
-            if not mask.any():  # (bpttlab also runs the readout here: negligible)
+            if not mask.any():  # as bpttlab does (RecurrentNet.carry): no readout
                 with torch.no_grad():
                     x = model.encoder(inputs)
                     with onednn(True):
