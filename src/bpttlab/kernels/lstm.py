@@ -42,13 +42,16 @@ class LSTMRecurrence(torch.autograd.Function):
         hs[0], cs[0] = h0, c0
         squashed_cells = x.new_empty(T, B, H)  # tanh(c)
         w_hh_t = (w_hh * doubled_cell).t()
+        # every step's views, made at once: the loop then only computes
+        gate_rows, cell_rows = gates.unbind(0), gates[:, :, 3 * H :].unbind(0)
+        output, input_, forget, cell = (g.unbind(0) for g in gates.unflatten(2, (4, H)).unbind(2))
+        h, c, squashed = hs.unbind(0), cs.unbind(0), squashed_cells.unbind(0)
         for t in range(T):
-            gate = gates[t].addmm_(hs[t], w_hh_t).sigmoid_()
-            gate[:, 3 * H :].mul_(2).sub_(1)
-            output, input_, forget, cell = gate.unflatten(1, (4, H)).unbind(1)
-            torch.mul(forget, cs[t], out=cs[t + 1]).addcmul_(input_, cell)
-            squashed = tanh(cs[t + 1], out=squashed_cells[t])
-            torch.mul(output, squashed, out=hs[t + 1])
+            gate_rows[t].addmm_(h[t], w_hh_t).sigmoid_()
+            cell_rows[t].mul_(2).sub_(1)
+            torch.mul(forget[t], c[t], out=c[t + 1]).addcmul_(input_[t], cell[t])
+            tanh(c[t + 1], out=squashed[t])
+            torch.mul(output[t], squashed[t], out=h[t + 1])
         ctx.save_for_backward(inputs, hs, cs, gates, squashed_cells, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone(), cs[T].clone()
 
@@ -64,30 +67,38 @@ class LSTMRecurrence(torch.autograd.Function):
         grad_sink_h = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
         grad_sink_c = hs.new_empty(T, B, H) if ctx.needs_input_grad[8] else None
         grad_sinks = grad_sink_h, grad_sink_c
+        # every step's views, made at once: the loop then only computes
+        output, input_, forget, cell = (g.unbind(0) for g in gates.unflatten(2, (4, H)).unbind(2))
+        grads = grad_gates.unflatten(2, (4, H)).unbind(2)
+        grad_output, grad_input, grad_forget, grad_cell = (g.unbind(0) for g in grads)
+        sigmoids, grad_sigmoids = (
+            gates[:, :, : 3 * H].unbind(0),
+            grad_gates[:, :, : 3 * H].unbind(0),
+        )
+        grad_from_cell = grad_gates[:, :, H:].unflatten(2, (3, H)).unbind(0)
+        grad_gate, squashed, c = grad_gates.unbind(0), squashed_cells.unbind(0), cs.unbind(0)
+        grad_y_steps = grad_y.unbind(0)
         for t in range(T - 1, -1, -1):
             if grad_sink_h is not None:
                 grad_sink_h[t] = grad_h
-            gate, grad_gate = gates[t], grad_gates[t]
-            output, input_, forget, cell = gate.unflatten(1, (4, H)).unbind(1)
-            grad_output, grad_input, grad_forget, grad_cell = grad_gate.unflatten(1, (4, H)).unbind(
-                1
-            )
-            sigmoids = gate[:, : 3 * H]
-            torch.addcmul(sigmoids, sigmoids, sigmoids, value=-1, out=grad_gate[:, : 3 * H])
-            torch.addcmul(one, cell, cell, value=-1, out=grad_cell)
-            grad_h_squashed = grad_h * squashed_cells[t]
-            grad_output.mul_(grad_h_squashed)
+            torch.addcmul(sigmoids[t], sigmoids[t], sigmoids[t], value=-1, out=grad_sigmoids[t])
+            torch.addcmul(one, cell[t], cell[t], value=-1, out=grad_cell[t])
+            grad_h_squashed = grad_h * squashed[t]
+            grad_output[t].mul_(grad_h_squashed)
             grad_c.addcmul_(
-                torch.addcmul(grad_h, grad_h_squashed, squashed_cells[t], value=-1), output
+                torch.addcmul(grad_h, grad_h_squashed, squashed[t], value=-1), output[t]
             )
             if grad_sink_c is not None:
                 grad_sink_c[t] = grad_c
-            grad_input.mul_(cell)
-            grad_forget.mul_(cs[t])
-            grad_cell.mul_(input_)
-            grad_gate[:, H:].unflatten(1, (3, H)).mul_(grad_c.unsqueeze(1))
-            grad_c.mul_(forget)
-            grad_h = torch.addmm(grad_y[t - 1], grad_gate, w_hh) if t > 0 else grad_gate @ w_hh
+            grad_input[t].mul_(cell[t])
+            grad_forget[t].mul_(c[t])
+            grad_cell[t].mul_(input_[t])
+            grad_from_cell[t].mul_(grad_c.unsqueeze(1))
+            grad_c.mul_(forget[t])
+            if t > 0:
+                grad_h = torch.addmm(grad_y_steps[t - 1], grad_gate[t], w_hh)
+            else:
+                grad_h = grad_gate[t] @ w_hh
         flat = grad_gates.view(T * B, 4 * H)
         grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_w_ih = reorder(flat.t().mm(inputs.view(T * B, -1)), TO_TORCH)
