@@ -35,7 +35,8 @@ class StopOnSignal(Checkpoint):
     holds exactly the state a run never interrupted has at that point, and resuming it neither
     repeats nor skips a validation. It stops by raising Interrupted, not by ``should_stop``,
     which would make Lightning run one more validation than the uninterrupted run. A run that
-    ends after this batch anyway (diverged, solved) is left to end as it would have.
+    ends after this batch anyway (its last step, diverged, solved) is left to end as it would
+    have.
 
     ``install`` takes over both signals (train() does so before building anything);
     ``on_train_start`` takes them over again, after Lightning put its own SIGTERM handler in.
