@@ -121,11 +121,14 @@ BAD = [
     ("hydra.run.dir=finished", "hydra.run.dir"),
     ("hydra.run.dir=empty resume=true", "resume"),
     ("hydra.run.dir=garbage resume=true", "resume"),
+    ("'hydra.run.dir=a(1)'", "hydra.run.dir"),  # Hydra's grammar: quote it
+    ("hydra.run.dir='\"finished\"'", "hydra.run.dir"),  # quoted: the dir as Hydra reads it
 ]
 SUBPROCESS = {
     "'task.gap=[1,2'",
     "-m task=copy,temporal_order task.gap=12,5,14",
     "hydra.run.dir=live",
+    "'hydra.run.dir=a(1)'",
 }
 CLI = str(Path(sys.executable).parent / "bpttlab-train")
 

@@ -4,6 +4,7 @@ as failed, a resume that refuses another config and leaves a finished record alo
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -110,3 +111,33 @@ def test_two_runs_started_together_get_their_own_dirs(tmp_path):
     assert all("_seed0_" in d.name for d in dirs)
     for d in dirs:
         assert json.loads((d / "metrics.json").read_text())["status"] == "completed"
+
+
+NASTY_DIRS = ["run (1)", "it's, a=run", "back\\slash [x]"]
+
+
+@pytest.mark.parametrize("name", NASTY_DIRS)
+def test_the_resume_command_names_the_run_dir_as_hydra_reads_it(tmp_path, name):
+    """A run dir whose name Hydra's override grammar would misread (parentheses, quotes,
+    commas, brackets, backslashes): the printed resume command gives Hydra back that dir."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from bpttlab.train import resume_hint
+
+    run_dir = tmp_path / name
+    line = next(a for a in shlex.split(resume_hint(run_dir)) if a.startswith("hydra.run.dir="))
+    assert OverridesParser.create().parse_overrides([line])[0].value() == str(run_dir)
+
+
+@pytest.mark.slow
+def test_a_run_in_a_dir_hydra_must_quote_runs_and_resumes(tmp_path):
+    """`hydra.run.dir='.../run (1)'` (quoted for Hydra, as the README says): the run goes to
+    that very dir, and the same line with resume=true continues it."""
+    run_dir = tmp_path / "run (1)"
+    quoted = f"hydra.run.dir='{run_dir}'"
+    for steps, resume in ((2, []), (4, ["resume=true"])):
+        args = [*TINY, "~callbacks.grad_flow", f"trainer.max_steps={steps}", quoted, *resume]
+        result = subprocess.run([CLI, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert json.loads((run_dir / "metrics.json").read_text())["steps"] == steps
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run (1)"]

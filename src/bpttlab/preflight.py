@@ -7,15 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
 
 from bpttlab.resume import check_resume
 from bpttlab.rundir import busy, check_writable, live_pid
-from bpttlab.validation import MULTIRUN_FLAGS, ConfigError
+from bpttlab.validation import MULTIRUN_FLAGS, ConfigError, parse_overrides
 
 
 def last_value(args: list[str], key: str) -> str | None:
-    values = [a.split("=", 1)[1] for a in args if a.startswith(key + "=")]
-    return values[-1] if values else None
+    """The value of the last override of ``key`` in ``args``, as Hydra reads it (unquoted)."""
+    lines = [a for a in args if a.startswith(key + "=")]
+    if not lines:
+        return None
+    value = parse_overrides(lines[-1:])[0].value()
+    return value if isinstance(value, str) else lines[-1].split("=", 1)[1]
 
 
 def is_multirun(args: list[str]) -> bool:
@@ -43,10 +48,11 @@ def check_run_dirs(args: list[str], config_dir: str, config_name: str) -> None:
             raise ConfigError("resume", True, "false unless hydra.run.dir names the run to resume")
         return
     overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-        extra = [f"run_dir={Path(run_dir).absolute()}"]
-        cfg = compose(config_name=config_name, overrides=[*overrides, *extra])
     path = Path(run_dir).absolute()
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.run_dir = str(path)  # set, not an override: a path needs no quoting
     pid = live_pid(path)
     if pid is not None:
         raise busy("hydra.run.dir", run_dir, pid)

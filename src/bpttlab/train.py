@@ -278,7 +278,8 @@ def resume_hint(run_dir: Path) -> str:
         if a not in ("-m", "--multirun")
         and not a.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "resume="))
     ]
-    return shlex.join(["bpttlab-train", *args, f"hydra.run.dir={run_dir}", "resume=true"])
+    run_dir_line = f"hydra.run.dir={validation.hydra_quoted(str(run_dir))}"
+    return shlex.join(["bpttlab-train", *args, run_dir_line, "resume=true"])
 
 
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:

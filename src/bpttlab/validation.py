@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -150,6 +151,33 @@ class Sections(dict):
             raise AttributeError(name) from None
 
 
+def parse_overrides(lines: list[str]) -> list:
+    """Hydra's parse of override ``lines``; a line it cannot parse is a ConfigError naming it."""
+    parsed = []
+    for line in lines:
+        try:
+            parsed += OverridesParser.create().parse_overrides([line])
+        except OverrideParseException as error:
+            key, _, value = line.partition("=")
+            message = " ".join(str(error).split())
+            raise ConfigError(key, value, f"a value Hydra can parse ({message})") from None
+    return parsed
+
+
+def hydra_quoted(value: str) -> str:
+    """``value`` as an override value that Hydra reads back as exactly ``value``: as it is
+    when it parses so, else in single quotes (a path with parentheses, spaces, quotes...)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides([f"key={value}"])[0].value()
+        if parsed == value:
+            return value
+    except OverrideParseException:
+        pass
+    # in quotes, Hydra reads backslashes as escapes only before a quote or at the end
+    escaped = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, value).replace("'", "\\'")
+    return f"'{escaped}'"
+
+
 def check_command_line(
     args: list[str],
     config_dir: str,
@@ -165,6 +193,7 @@ def check_command_line(
     (``task.gap=5,10``) is made once per group combination and value, and ``build`` gets a
     cache, so that it builds each object once per distinct section.
     """
+    parse_overrides([a for a in args if a.startswith("hydra")])  # the syntax, for Hydra
     lines = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
     for line in lines:
         key, _, value = line.partition("=")
@@ -175,13 +204,7 @@ def check_command_line(
                 "no override: a config group's yaml fixes it (pick another option of the group)",
             )
     parser = OverridesParser.create()
-    try:
-        parsed = parser.parse_overrides(lines)
-    except OverrideParseException as error:
-        bad = next((line for line in lines if line in str(error)), lines[0] if lines else "?")
-        key, _, value = bad.partition("=")
-        message = " ".join(str(error).split())
-        raise ConfigError(key, value, f"a value Hydra can parse ({message})") from None
+    parsed = parse_overrides(lines)
     values = [
         [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()]
         if o.is_sweep_override()
