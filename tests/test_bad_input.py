@@ -121,6 +121,11 @@ BAD = [
     ("hydra.run.dir=finished", "hydra.run.dir"),
     ("hydra.run.dir=empty resume=true", "resume"),
     ("hydra.run.dir=garbage resume=true", "resume"),
+    ("hydra.job.chdir=maybe", "hydra.job.chdir"),  # Hydra's own keys
+    ("hydra/launcher=nope", "hydra/launcher"),
+    ("hydra.launcher.n_jobs=2", "hydra.launcher.n_jobs"),  # the basic launcher has none
+    ("~seed", "seed"),  # keys the run needs
+    ("~module", "module"),
     ("'hydra.run.dir=a(1)'", "hydra.run.dir"),  # Hydra's grammar: quote it
     ("hydra.run.dir='\"finished\"'", "hydra.run.dir"),  # quoted: the dir as Hydra reads it
 ]

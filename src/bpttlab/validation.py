@@ -186,14 +186,16 @@ def check_command_line(
 ) -> None:
     """Compose and ``build`` every run that ``args`` ask for: with ``-m``, every combination of
     the sweep values. Raise ConfigErrors listing each combination that fails, one line each.
-    Hydra's own overrides (``hydra...``) are left to Hydra.
+    Hydra's own overrides (``hydra...``) are composed into Hydra's config with each
+    combination of groups (which may set Hydra's, as ``hparams_search`` does).
 
     A grid of N runs is not N compositions: each combination of config-group choices
     (``cell=rnn,lstm``) is composed once, each section that a value override changes
     (``task.gap=5,10``) is made once per group combination and value, and ``build`` gets a
     cache, so that it builds each object once per distinct section.
     """
-    parse_overrides([a for a in args if a.startswith("hydra")])  # the syntax, for Hydra
+    hydra_parsed = parse_overrides([a for a in args if a.startswith("hydra")])
+    hydra_lines = [o.input_line for o in hydra_parsed if not o.is_sweep_override()]
     lines = [a for a in args if not a.startswith("-") and not a.startswith("hydra")]
     for line in lines:
         key, _, value = line.partition("=")
@@ -232,6 +234,8 @@ def check_command_line(
         for group_choice in itertools.product(*(values[i] for i in groups)):
             try:
                 base = _compose(config_name, list(group_choice))
+                if hydra_lines:  # Hydra's own keys, in the Hydra config these groups make
+                    _compose(config_name, [*group_choice, *hydra_lines], return_hydra_config=True)
             except ConfigError as error:
                 errors.append((error, " ".join(group_choice)))
                 continue
@@ -245,6 +249,13 @@ def check_command_line(
                     build(cfg, cache)
                 except ConfigError as error:
                     errors.append((error, run))
+                except AttributeError as error:  # a key the run needs, deleted with ~key
+                    deleted = [o.key_or_group.lstrip("~") for o in parsed if o.is_delete()]
+                    if error.args[:1] and error.args[0] in deleted:
+                        message = "a value: the run needs this key (do not delete it)"
+                        errors.append((ConfigError(error.args[0], None, message), run))
+                    else:
+                        raise
     if errors:
         sweep = runs > 1
         text = [str(e) + (f" (in the run {run})" if sweep else "") for e, run in errors]
@@ -300,9 +311,9 @@ def _apply(base: DictConfig, lines: list[str], parser) -> DictConfig | ConfigErr
         return _override_error(error, lines)
 
 
-def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+def _compose(config_name: str, overrides: list[str], **options: bool) -> DictConfig:
     try:
-        return compose(config_name=config_name, overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides, **options)
     except MissingConfigException as error:
         group, _, option = (error.missing_cfg_file or "?/?").rpartition("/")
         options = [o for o in error.options or [] if o != "base"]  # shared part, not an option
@@ -312,7 +323,8 @@ def _compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 def _override_error(error: Exception, overrides: list[str]) -> ConfigError:
-    message = " ".join(str(error).split())
+    cause = str(error.__cause__ or "").split("\n")[0]  # Hydra's why, for a value it refused
+    message = " ".join(str(error).split()) + (f": {cause}" if cause else "")
     keys = sorted(overrides, key=lambda o: -len(o.split("=")[0]))  # most specific first
     bad = next((o for o in keys if o.split("=")[0].lstrip("+~") in message), None)
     if bad is None and len(overrides) == 1:
