@@ -316,3 +316,14 @@ def test_compare_reads_numbers_as_numbers_and_orders_seeds(tmp_path):
     (comparison,) = compare(read_runs(root), "optim.lr", "1e-3", "3e-3")
     assert comparison.seeds == [2, 10]
     assert comparison.loss.deltas == pytest.approx([-0.1, -0.1])
+
+
+def test_runs_are_read_in_natural_order_whatever_their_dir_names(tmp_path):
+    """Hydra's numbered job dirs (0_..., 10_...) beside hand-named ones (r2, a run dir given
+    with hydra.run.dir): run 10 comes after run 2, and no two names fail to compare."""
+    names = ["10_lstm", "r2", "2_lstm", "1_lstm", "seed 3", "0"]
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text('{"status": "completed"}')
+    order = [run.path.name for run in read_runs(tmp_path)]
+    assert order == ["0", "1_lstm", "2_lstm", "10_lstm", "r2", "seed 3"]

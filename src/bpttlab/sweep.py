@@ -137,11 +137,12 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def _natural(path: Path) -> list[Any]:
-    """Sort key that puts run 10 after run 9."""
-    return [int(p) if p.isdigit() else p for p in path.parent.name.replace("_", " ").split()] + [
-        str(path)
-    ]
+def _natural(path: Path) -> list[tuple[int, int, str]]:
+    """Sort key that puts run 10 after run 9 (numbers before words, so that any two dir names
+    compare)."""
+    words = path.parent.name.replace("_", " ").split()
+    key = [(0, int(w), "") if w.isdigit() else (1, 0, w) for w in words]
+    return key + [(2, 0, str(path))]
 
 
 @dataclass
