@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,15 +50,23 @@ MEMORY_TARGET = 1.10
 STARTUP_TARGET = 1.3
 
 
+def run_to_end(command: list[str]) -> resource.struct_rusage:
+    """Run ``command`` to the end; its own resource usage (peak memory, page faults). Its
+    stderr goes to a file, which a long run cannot fill as it can a pipe nobody reads."""
+    with tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(child.pid, 0)
+        if status != 0:
+            stderr.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed:\n{stderr.read().decode()[-2000:]}")
+    return usage
+
+
 def peak_memory_mb(args: list[str], run_dir: Path) -> float:
     """Run the CLI to the end; its peak resident set in MB."""
     command = [CLI, "task=copy", "trainer.max_steps=20", "trainer.val_check_interval=10"]
     command += ["callbacks.grad_flow.every_n_steps=10", *QUIET, *args, f"hydra.run.dir={run_dir}"]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{child.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss / 1024
+    return run_to_end(command).ru_maxrss / 1024
 
 
 def memory() -> dict:
@@ -125,10 +134,7 @@ def startup(repeats: int) -> dict:
 def allocator_run(keep: bool, run_dir: Path) -> dict:
     """One run of ALLOCATOR_RUN: training seconds, minor page faults per step, peak MB."""
     command = [CLI, *ALLOCATOR_RUN, f"keep_freed_memory={keep}", f"hydra.run.dir={run_dir}"]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{child.stderr.read().decode()[-2000:]}")
+    usage = run_to_end(command)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if metrics["freed_memory_kept"] is not keep:
         raise SystemExit(f"keep_freed_memory={keep} did not take effect in {run_dir}")

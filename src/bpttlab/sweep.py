@@ -29,7 +29,7 @@ FINISHED = ("completed", "diverged")
 PATH_KEYS = {"run_dir", "dirpath", "save_dir", "default_root_dir", "log_dir", "ckpt_path"}
 """Config keys that say where a run writes, not what it runs: never part of a group's identity."""
 
-DISPLAY_KEYS = ("callbacks.progress_bar", "trainer.enable_progress_bar", "keep_freed_memory")
+RUNTIME_KEYS = ("callbacks.progress_bar", "trainer.enable_progress_bar", "keep_freed_memory")
 """Config keys (and the keys under them) that change what a run shows or how fast, not what it
 computes: never part of a group's identity either."""
 
@@ -62,7 +62,7 @@ class Run:
         return self.config.get("seed", self.metrics.get("seed"))
 
     def identity(self, *without: str) -> tuple[tuple[str, str], ...]:
-        """The config without ``seed``, the path-like and display keys and ``without``: equal
+        """The config without ``seed``, the path-like and runtime keys and ``without``: equal
         for the runs of one group."""
         if not self.config:  # no config.yaml: a group of its own
             return (("run", str(self.path)),)
@@ -72,7 +72,7 @@ class Run:
             for key, value in sorted(self.config.items())
             if key not in dropped
             and key.rsplit(".", 1)[-1] not in PATH_KEYS
-            and not key.startswith(DISPLAY_KEYS)
+            and not key.startswith(RUNTIME_KEYS)
         )
 
     def number(self, key: str) -> float:

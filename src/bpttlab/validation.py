@@ -311,9 +311,11 @@ def _apply(base: DictConfig, lines: list[str], parser) -> DictConfig | ConfigErr
         return _override_error(error, lines)
 
 
-def _compose(config_name: str, overrides: list[str], **options: bool) -> DictConfig:
+def _compose(
+    config_name: str, overrides: list[str], return_hydra_config: bool = False
+) -> DictConfig:
     try:
-        return compose(config_name=config_name, overrides=overrides, **options)
+        return compose(config_name, overrides, return_hydra_config=return_hydra_config)
     except MissingConfigException as error:
         group, _, option = (error.missing_cfg_file or "?/?").rpartition("/")
         options = [o for o in error.options or [] if o != "base"]  # shared part, not an option
