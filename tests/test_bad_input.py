@@ -86,6 +86,7 @@ BAD = [
     ("threads=-2", "threads"),
     ("threads=0", "threads"),
     ("resume=maybe", "resume"),
+    ("compiled_kernels=maybe", "compiled_kernels"),
     ("resume=true", "resume"),
     ("optimized_metric=normalised_loss", "optimized_metric"),
     # trainer

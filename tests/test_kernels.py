@@ -1,8 +1,9 @@
 """bpttlab's kernels (``bpttlab.kernels``) against the equations written out here as a plain
 float64 loop: outputs, final state and the gradients with respect to the inputs, the initial
 state and all four weights, under an upstream gradient on every output and on the final state;
-then gradcheck on a tiny size, float32 agreement with torch's nn.RNN/nn.GRU/nn.LSTM, and the
-cells' fast path with kernel="bpttlab" against their unrolled path."""
+then gradcheck on a tiny size, float32 agreement with torch's nn.RNN/nn.GRU/nn.LSTM, the LSTM's
+float32 steps (compiled C and torch operations) against the equations in float64, sinks
+included, and the cells' fast path with kernel="bpttlab" against their unrolled path."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from bpttlab import kernels
+from bpttlab.kernels import compiled
 from bpttlab.model import RecurrentNet
 from bpttlab.validation import ConfigError
 
@@ -42,15 +44,21 @@ def gru_reference(x, h, w_ih, w_hh, b_ih, b_hh):
     return torch.stack(outputs, 1), h
 
 
-def lstm_reference(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    outputs = []
+def lstm_reference_with_states(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """(outputs, final h, final c, every h_t, every c_t as later steps use them)."""
+    hs, cs = [], []
     for t in range(x.shape[1]):
         pre = x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
         i, f, g, o = pre.chunk(4, 1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
-        outputs.append(h)
-    return torch.stack(outputs, 1), h, c
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(hs, 1), h, c, hs, cs
+
+
+def lstm_reference(*args):
+    return lstm_reference_with_states(*args)[:3]
 
 
 def problem(kind: str, dtype=torch.float64, batch=B, steps=T, inputs=E, hidden=H, seed=0):
@@ -156,6 +164,44 @@ def test_float32_agrees_with_torch(kind):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def lstm_steps(request):
+    """The LSTM kernel's step element-wise work in C or as torch operations, then as before."""
+    wanted = request.param == "compiled"
+    if wanted and compiled.build("lstm_step") is None:
+        pytest.skip("no C compiler: the LSTM kernel's compiled steps cannot be built here")
+    assert compiled.use_compiled(wanted) is wanted
+    yield request.param
+    compiled.use_compiled(True)
+
+
+def test_lstm_float32_steps_match_the_equations_in_float64(lstm_steps):
+    """The float32 kernel (B=8, T=60, H=32 from a non-zero state), its steps compiled or as
+    torch operations: outputs, final state, every gradient and the sinks' dL/dh_t and dL/dc_t
+    at every step equal the float64 equations' to float32 rounding."""
+    _, _, _, tensors = problem("lstm", torch.float32, batch=8, steps=60, inputs=6, hidden=32)
+    T, H = 60, 32
+    zero = torch.zeros(1, 1, 1, requires_grad=True)
+    sinks = [zero.expand(T, 8, H), zero.expand(T, 8, H)]
+    outputs, grads = outputs_and_grads(
+        lambda *t: kernels.lstm(*t[:-2], *t[-2:]), [*tensors, *sinks]
+    )
+    grads, caught = grads[:-2], dict(zip(("h", "c"), grads[-2:], strict=True))
+
+    wide = [t.detach().double().requires_grad_() for t in tensors]
+    y, h, c, hs, cs = lstm_reference_with_states(*wide)
+    g = torch.Generator().manual_seed(1)
+    loss = sum((o * torch.randn(o.shape, generator=g).double()).sum() for o in (y, h, c))
+    expected_grads = torch.autograd.grad(loss, [*wide, *hs, *cs])
+    for got, want in zip(outputs, (y, h, c), strict=True):
+        torch.testing.assert_close(got.double(), want, atol=2e-6, rtol=0)
+    for got, want in zip(grads, expected_grads[: len(wide)], strict=True):
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
+    for name, want in (("h", expected_grads[len(wide) : -T]), ("c", expected_grads[-T:])):
+        got = caught[name].double()
+        torch.testing.assert_close(got, torch.stack(want), atol=2e-6, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])

@@ -246,8 +246,9 @@ def test_progress_bar_can_be_switched_off(tmp_path):
 
 @pytest.mark.slow
 def test_an_installed_wheel_finds_every_config(tmp_path):
-    """A wheel built from this checkout carries every yaml of conf/, and an install of it (not
-    the checkout) composes the configs: its one-line error lists the cells."""
+    """A wheel built from this checkout carries every yaml of conf/ and the C steps, and an
+    install of it (not the checkout) composes the configs (its one-line error lists the cells)
+    and builds its compiled steps."""
     root = Path(__file__).resolve().parents[1]
     subprocess.run(
         [
@@ -296,6 +297,18 @@ def test_an_installed_wheel_finds_every_config(tmp_path):
     )
     cells = sorted(p.stem for p in (root / "conf" / "cell").glob("*.yaml") if p.stem != "base")
     assert result.returncode == 2 and f"cell accepts one of {', '.join(cells)}" in result.stderr
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from bpttlab.kernels import compiled as c; print(c.build('lstm_step'))",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert str(tmp_path / "cache" / "bpttlab" / "lstm_step-") in built.stdout, built.stderr
     assert (
         str(site)
         in subprocess.run(
@@ -308,12 +321,14 @@ def test_an_installed_wheel_finds_every_config(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("flush", "keep"), [(True, False), (False, True)])
-def test_process_settings_take_effect_in_the_training_process(tmp_path, flush, keep):
-    """A real run applies flush_subnormals and keep_freed_memory, each on its own, and
-    observes them (subnormals on its kernel threads, freed memory in glibc's allocator)."""
+@pytest.mark.parametrize(("flush", "keep", "compiled"), [(True, False, True), (False, True, False)])
+def test_process_settings_take_effect_in_the_training_process(tmp_path, flush, keep, compiled):
+    """A real run applies flush_subnormals, keep_freed_memory and compiled_kernels, each on its
+    own, and observes them (subnormals on its kernel threads, freed memory in glibc's
+    allocator, the compiled library loaded)."""
     overrides = [*SMALL, "trainer.max_steps=2", "~callbacks.grad_flow"]
     overrides += [f"flush_subnormals={flush}", f"keep_freed_memory={keep}"]
+    overrides += [f"compiled_kernels={compiled}"]
     result = subprocess.run(
         [*CLI, *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True,
@@ -324,3 +339,4 @@ def test_process_settings_take_effect_in_the_training_process(tmp_path, flush, k
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["subnormals_flushed"] is flush
     assert metrics["freed_memory_kept"] is keep
+    assert metrics["compiled_kernels"] is compiled

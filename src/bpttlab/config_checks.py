@@ -38,6 +38,7 @@ def check_top_level(cfg: DictConfig) -> None:
     boolean("resume", cfg.get("resume", False))
     boolean("flush_subnormals", cfg.get("flush_subnormals", True))
     boolean("keep_freed_memory", cfg.get("keep_freed_memory", True))
+    boolean("compiled_kernels", cfg.get("compiled_kernels", True))
     if cfg.get("threads") is not None:
         integer("threads", cfg.threads, 1, optional=True)
     choice("optimized_metric", cfg.get("optimized_metric"), METRICS)

@@ -39,6 +39,7 @@ from bpttlab.allocator import freed_memory_kept, keep_freed_memory
 from bpttlab.checkpoint import save_atomically
 from bpttlab.hparams import hyperparameters
 from bpttlab.interrupts import Interrupted, StopOnSignal
+from bpttlab.kernels.compiled import compiled_in_effect, use_compiled
 from bpttlab.module import SequenceModule
 from bpttlab.outcome import write_atomically
 from bpttlab.resume import check_resume, checkpoint_path
@@ -339,6 +340,7 @@ def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -
         "wall_seconds": round(wall_seconds, 3),
         "subnormals_flushed": subnormals_flushed(),
         "freed_memory_kept": freed_memory_kept(),
+        "compiled_kernels": compiled_in_effect(),
     }
 
 
@@ -354,6 +356,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         torch.set_num_threads(torch_threads(cfg))
         flush_subnormals(cfg.flush_subnormals)
         keep_freed_memory(cfg.get("keep_freed_memory", True))
+        use_compiled(cfg.get("compiled_kernels", True))
         stop = StopOnSignal()
         metrics = train(cfg, stop=stop)
     except validation.ConfigError as error:

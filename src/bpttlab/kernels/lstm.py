@@ -5,14 +5,20 @@ W_i* x + b_i* + W_h* h + b_h*.
 Inside, the gate rows are reordered to o, i, f, g and the g rows doubled, so that one sigmoid
 covers every gate (tanh(g) = 2 sigmoid(2g) - 1). The backward computes each step's gate
 gradients in the loop (on small, cache-resident tensors) into one (T, B, 4H) buffer, from which
-one GEMM each gives dW_ih, dW_hh and dx.
+one GEMM each gives dW_ih, dW_hh and dx. Each step's GEMM runs in torch; its element-wise work
+runs in C (lstm_step.c, ``CompiledSteps``) for float32 on CPU where the C library could be
+built (``bpttlab.kernels.compiled``), else as torch operations (``TorchSteps``).
 """
 
 from __future__ import annotations
 
+import ctypes
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from bpttlab.kernels import compiled
 from bpttlab.kernels.activation import tanh
 
 TO_INSIDE = [3, 0, 1, 2]  # torch's gate blocks i, f, g, o in the order o, i, f, g
@@ -22,6 +28,125 @@ TO_TORCH = [1, 2, 3, 0]
 def reorder(rows: Tensor, order: list[int]) -> Tensor:
     """The four gate blocks of ``rows`` (4H, ...) in ``order``."""
     return rows.unflatten(0, (4, -1))[order].flatten(0, 1)
+
+
+@dataclass
+class Buffers:
+    """One run's time-major buffers; the backward's are None in the forward."""
+
+    gates: Tensor  # (T, B, 4H): the pre-activations, then sigmoid(o, i, f) and tanh(g)
+    hs: Tensor  # (T + 1, B, H)
+    cs: Tensor  # (T + 1, B, H)
+    squashed_cells: Tensor  # (T, B, H): tanh(c_t)
+    grad_gates: Tensor | None = None  # (T, B, 4H): dL/d(pre-activation)
+    grad_h: Tensor | None = None  # (B, H): dL/dh_t of the step being run back through
+    grad_c: Tensor | None = None  # (B, H): dL/dc carried back, updated in place
+
+
+class TorchSteps:
+    """The element-wise work of each step as torch operations (any dtype and device)."""
+
+    def __init__(self, buffers: Buffers, sink_h: Tensor | None, sink_c: Tensor | None):
+        H = buffers.hs.shape[2]
+        gates = buffers.gates
+        self.buffers, self.sink_h, self.sink_c = buffers, sink_h, sink_c
+        # every step's views, made at once: the loops then only compute
+        self.gate_rows, self.cell_rows = gates.unbind(0), gates[:, :, 3 * H :].unbind(0)
+        self.sigmoids = gates[:, :, : 3 * H].unbind(0)
+        self.output, self.input, self.forget, self.cell = (
+            g.unbind(0) for g in gates.unflatten(2, (4, H)).unbind(2)
+        )
+        self.h, self.c = buffers.hs.unbind(0), buffers.cs.unbind(0)
+        self.squashed = buffers.squashed_cells.unbind(0)
+        if buffers.grad_gates is not None:
+            grad_gates = buffers.grad_gates
+            self.grad_sigmoids = grad_gates[:, :, : 3 * H].unbind(0)
+            grads = grad_gates.unflatten(2, (4, H)).unbind(2)
+            self.grad_output, self.grad_input, self.grad_forget, self.grad_cell = (
+                g.unbind(0) for g in grads
+            )
+            self.grad_from_cell = grad_gates[:, :, H:].unflatten(2, (3, H)).unbind(0)
+            self.one = gates.new_ones(())
+
+    def forward(self, t: int) -> None:
+        self.gate_rows[t].sigmoid_()
+        self.cell_rows[t].mul_(2).sub_(1)
+        c_next = torch.mul(self.forget[t], self.c[t], out=self.c[t + 1])
+        c_next.addcmul_(self.input[t], self.cell[t])
+        tanh(c_next, out=self.squashed[t])
+        torch.mul(self.output[t], self.squashed[t], out=self.h[t + 1])
+
+    def backward(self, t: int) -> None:
+        grad_h, grad_c = self.buffers.grad_h, self.buffers.grad_c
+        sigmoids, cell, squashed = self.sigmoids[t], self.cell[t], self.squashed[t]
+        if self.sink_h is not None:
+            self.sink_h[t] = grad_h
+        torch.addcmul(sigmoids, sigmoids, sigmoids, value=-1, out=self.grad_sigmoids[t])
+        torch.addcmul(self.one, cell, cell, value=-1, out=self.grad_cell[t])
+        grad_h_squashed = grad_h * squashed
+        self.grad_output[t].mul_(grad_h_squashed)
+        grad_c.addcmul_(torch.addcmul(grad_h, grad_h_squashed, squashed, value=-1), self.output[t])
+        if self.sink_c is not None:
+            self.sink_c[t] = grad_c
+        self.grad_input[t].mul_(cell)
+        self.grad_forget[t].mul_(self.c[t])
+        self.grad_cell[t].mul_(self.input[t])
+        self.grad_from_cell[t].mul_(grad_c.unsqueeze(1))
+        grad_c.mul_(self.forget[t])
+
+
+class CompiledBuffers(ctypes.Structure):
+    """``lstm_buffers`` of lstm_step.c: the buffers' addresses (0 for none)."""
+
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in (
+            "gates", "cs", "hs", "squashed", "grad_gates", "grad_h", "grad_c", "sink_h", "sink_c"
+        )),
+        ("batch", ctypes.c_long),
+        ("hidden", ctypes.c_long),
+    ]  # fmt: skip
+
+
+class CompiledSteps:
+    """The element-wise work of each step in C (lstm_step.c): float32 on CPU."""
+
+    def __init__(self, library: ctypes.CDLL, buffers: Buffers, sink_h, sink_c):
+        b = buffers
+        tensors = (b.gates, b.cs, b.hs, b.squashed_cells, b.grad_gates, b.grad_h, b.grad_c)
+        addresses = [t.data_ptr() if t is not None else None for t in (*tensors, sink_h, sink_c)]
+        self.keep = (buffers, sink_h, sink_c)  # the memory the addresses point into
+        self.struct = CompiledBuffers(*addresses, b.hs.shape[1], b.hs.shape[2])
+        self.pointer = ctypes.byref(self.struct)
+        self.forward_step, self.backward_step = (
+            library.lstm_forward_step,
+            library.lstm_backward_step,
+        )
+
+    def forward(self, t: int) -> None:
+        self.forward_step(self.pointer, t)
+
+    def backward(self, t: int) -> None:
+        self.backward_step(self.pointer, t)
+
+
+def compiled_library() -> ctypes.CDLL | None:
+    """lstm_step.c compiled, its functions typed; None where it is not used."""
+    library = compiled.library("lstm_step")
+    if library is not None and not library.lstm_forward_step.argtypes:
+        for function in (library.lstm_forward_step, library.lstm_backward_step):
+            function.argtypes = [ctypes.POINTER(CompiledBuffers), ctypes.c_long]
+            function.restype = None
+    return library
+
+
+def step_functions(buffers: Buffers, sink_h: Tensor | None = None, sink_c: Tensor | None = None):
+    """The compiled steps where they apply (float32 on CPU, library built), else torch's."""
+    gates = buffers.gates
+    if gates.dtype == torch.float32 and gates.device.type == "cpu":
+        library = compiled_library()
+        if library is not None:
+            return CompiledSteps(library, buffers, sink_h, sink_c)
+    return TorchSteps(buffers, sink_h, sink_c)
 
 
 class LSTMRecurrence(torch.autograd.Function):
@@ -42,16 +167,11 @@ class LSTMRecurrence(torch.autograd.Function):
         hs[0], cs[0] = h0, c0
         squashed_cells = x.new_empty(T, B, H)  # tanh(c)
         w_hh_t = (w_hh * doubled_cell).t()
-        # every step's views, made at once: the loop then only computes
-        gate_rows, cell_rows = gates.unbind(0), gates[:, :, 3 * H :].unbind(0)
-        output, input_, forget, cell = (g.unbind(0) for g in gates.unflatten(2, (4, H)).unbind(2))
-        h, c, squashed = hs.unbind(0), cs.unbind(0), squashed_cells.unbind(0)
+        steps = step_functions(Buffers(gates, hs, cs, squashed_cells))
+        gate_rows, h = gates.unbind(0), hs.unbind(0)
         for t in range(T):
-            gate_rows[t].addmm_(h[t], w_hh_t).sigmoid_()
-            cell_rows[t].mul_(2).sub_(1)
-            torch.mul(forget[t], c[t], out=c[t + 1]).addcmul_(input_[t], cell[t])
-            tanh(c[t + 1], out=squashed[t])
-            torch.mul(output[t], squashed[t], out=h[t + 1])
+            gate_rows[t].addmm_(h[t], w_hh_t)
+            steps.forward(t)
         ctx.save_for_backward(inputs, hs, cs, gates, squashed_cells, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone(), cs[T].clone()
 
@@ -61,51 +181,25 @@ class LSTMRecurrence(torch.autograd.Function):
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         grad_y = grad_y.transpose(0, 1)
         grad_gates = torch.empty_like(gates)
-        one = gates.new_ones(())
-        grad_h = grad_y[T - 1] + grad_final_h
-        grad_c = grad_final_c.clone()
-        grad_sink_h = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
-        grad_sink_c = hs.new_empty(T, B, H) if ctx.needs_input_grad[8] else None
-        grad_sinks = grad_sink_h, grad_sink_c
-        # every step's views, made at once: the loop then only computes
-        output, input_, forget, cell = (g.unbind(0) for g in gates.unflatten(2, (4, H)).unbind(2))
-        grads = grad_gates.unflatten(2, (4, H)).unbind(2)
-        grad_output, grad_input, grad_forget, grad_cell = (g.unbind(0) for g in grads)
-        sigmoids, grad_sigmoids = (
-            gates[:, :, : 3 * H].unbind(0),
-            grad_gates[:, :, : 3 * H].unbind(0),
-        )
-        grad_from_cell = grad_gates[:, :, H:].unflatten(2, (3, H)).unbind(0)
-        grad_gate, squashed, c = grad_gates.unbind(0), squashed_cells.unbind(0), cs.unbind(0)
-        grad_y_steps = grad_y.unbind(0)
-        for t in range(T - 1, -1, -1):
-            if grad_sink_h is not None:
-                grad_sink_h[t] = grad_h
-            torch.addcmul(sigmoids[t], sigmoids[t], sigmoids[t], value=-1, out=grad_sigmoids[t])
-            torch.addcmul(one, cell[t], cell[t], value=-1, out=grad_cell[t])
-            grad_h_squashed = grad_h * squashed[t]
-            grad_output[t].mul_(grad_h_squashed)
-            grad_c.addcmul_(
-                torch.addcmul(grad_h, grad_h_squashed, squashed[t], value=-1), output[t]
-            )
-            if grad_sink_c is not None:
-                grad_sink_c[t] = grad_c
-            grad_input[t].mul_(cell[t])
-            grad_forget[t].mul_(c[t])
-            grad_cell[t].mul_(input_[t])
-            grad_from_cell[t].mul_(grad_c.unsqueeze(1))
-            grad_c.mul_(forget[t])
-            if t > 0:
-                grad_h = torch.addmm(grad_y_steps[t - 1], grad_gate[t], w_hh)
-            else:
-                grad_h = grad_gate[t] @ w_hh
+        grad_h = (grad_y[T - 1] + grad_final_h).contiguous()
+        grad_c = grad_final_c.clone(memory_format=torch.contiguous_format)
+        sink_h = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
+        sink_c = hs.new_empty(T, B, H) if ctx.needs_input_grad[8] else None
+        buffers = Buffers(gates, hs, cs, squashed_cells, grad_gates, grad_h, grad_c)
+        steps = step_functions(buffers, sink_h, sink_c)
+        grad_gate, grad_y_steps = grad_gates.unbind(0), grad_y.unbind(0)
+        for t in range(T - 1, 0, -1):
+            steps.backward(t)
+            torch.addmm(grad_y_steps[t - 1], grad_gate[t], w_hh, out=grad_h)
+        steps.backward(0)
+        grad_h = grad_gate[0] @ w_hh
         flat = grad_gates.view(T * B, 4 * H)
         grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_w_ih = reorder(flat.t().mm(inputs.view(T * B, -1)), TO_TORCH)
         grad_w_hh = reorder(flat.t().mm(hs[:-1].reshape(T * B, H)), TO_TORCH)
         grad_bias = reorder(flat.sum(0), TO_TORCH)
         grad_b_hh = grad_bias.clone()
-        return grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_bias, grad_b_hh, *grad_sinks
+        return grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_bias, grad_b_hh, sink_h, sink_c
 
 
 def lstm(

@@ -1,0 +1,83 @@
+/* The element-wise work of one LSTM timestep, forward and backward, for bpttlab's LSTM kernel
+ * (kernels/lstm.py, which runs the GEMMs and explains the layout). float32, contiguous,
+ * time-major buffers; each step's gate rows hold the blocks o, i, f, g, the g rows doubled so
+ * that one sigmoid covers every gate (tanh(g) = 2 sigmoid(2 g) - 1). One pass over each row
+ * replaces the dozen torch operations a step costs otherwise. */
+
+#include <stddef.h>
+
+/* glibc's vector expf (libmvec), declared so the loops below vectorise without -ffast-math */
+float expf(float) __attribute__((simd("notinbranch")));
+
+typedef struct {
+    float *gates;      /* (T, B, 4H): pre-activations in; sigmoid(o, i, f) and tanh(g) out */
+    float *cs;         /* (T + 1, B, H): cell states, cs[0] given */
+    float *hs;         /* (T + 1, B, H): hidden states, hs[0] given */
+    float *squashed;   /* (T, B, H): tanh(c_t) */
+    float *grad_gates; /* (T, B, 4H): dL/d(pre-activation), backward only */
+    float *grad_h;     /* (B, H): dL/dh_t at the step being run back through */
+    float *grad_c;     /* (B, H): dL/dc carried back, updated in place */
+    float *sink_h;     /* (T, B, H) or NULL: receives dL/dh_t */
+    float *sink_c;     /* (T, B, H) or NULL: receives dL/dc_t */
+    long batch, hidden;
+} lstm_buffers;
+
+static void forward_row(float *restrict gate, const float *restrict c_prev, float *restrict c,
+                        float *restrict h, float *restrict squashed, long H) {
+    for (long j = 0; j < 4 * H; j++) gate[j] = 1.0f / (1.0f + expf(-gate[j]));
+    for (long j = 0; j < H; j++) {
+        float cell = 2.0f * gate[3 * H + j] - 1.0f;
+        float c_j = gate[2 * H + j] * c_prev[j] + gate[H + j] * cell;
+        float tanh_c = 2.0f / (1.0f + expf(-2.0f * c_j)) - 1.0f;
+        gate[3 * H + j] = cell;
+        c[j] = c_j;
+        squashed[j] = tanh_c;
+        h[j] = gate[j] * tanh_c;
+    }
+}
+
+static inline void backward_row(const float *restrict gate, float *restrict grad_gate,
+                                const float *restrict c_prev, const float *restrict squashed,
+                                const float *restrict grad_h, float *restrict grad_c,
+                                float *restrict sink_c, long H, const int has_sink) {
+    for (long j = 0; j < H; j++) {
+        float o = gate[j], i = gate[H + j], f = gate[2 * H + j], cell = gate[3 * H + j];
+        float grad_h_squashed = grad_h[j] * squashed[j];
+        float grad_c_j = grad_c[j] + (grad_h[j] - grad_h_squashed * squashed[j]) * o;
+        grad_gate[j] = (o - o * o) * grad_h_squashed;
+        grad_gate[H + j] = (i - i * i) * cell * grad_c_j;
+        grad_gate[2 * H + j] = (f - f * f) * c_prev[j] * grad_c_j;
+        grad_gate[3 * H + j] = (1.0f - cell * cell) * i * grad_c_j;
+        grad_c[j] = grad_c_j * f;
+        if (has_sink) sink_c[j] = grad_c_j;
+    }
+}
+
+/* Step t forward: the gate rows of step t already hold W x_t + b + W_hh h_t. */
+void lstm_forward_step(const lstm_buffers *s, long t) {
+    const long B = s->batch, H = s->hidden;
+    for (long b = 0; b < B; b++) {
+        const long row = t * B + b;
+        forward_row(s->gates + row * 4 * H, s->cs + row * H, s->cs + (row + B) * H,
+                    s->hs + (row + B) * H, s->squashed + row * H, H);
+    }
+}
+
+/* Step t backward: grad_h holds dL/dh_t; writes step t's gate gradients, carries grad_c to
+ * dL/dc_{t-1} (its part through c) and fills the sinks' step t. */
+void lstm_backward_step(const lstm_buffers *s, long t) {
+    const long B = s->batch, H = s->hidden;
+    for (long b = 0; b < B; b++) {
+        const long row = t * B + b;
+        const float *gate = s->gates + row * 4 * H, *c_prev = s->cs + row * H;
+        const float *squashed = s->squashed + row * H, *grad_h = s->grad_h + b * H;
+        float *grad_gate = s->grad_gates + row * 4 * H, *grad_c = s->grad_c + b * H;
+        if (s->sink_h)
+            for (long j = 0; j < H; j++) s->sink_h[row * H + j] = grad_h[j];
+        if (s->sink_c)
+            backward_row(gate, grad_gate, c_prev, squashed, grad_h, grad_c, s->sink_c + row * H,
+                         H, 1);
+        else
+            backward_row(gate, grad_gate, c_prev, squashed, grad_h, grad_c, NULL, H, 0);
+    }
+}

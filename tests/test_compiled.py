@@ -1,0 +1,85 @@
+"""The compiled steps' build (``bpttlab.kernels.compiled``), each in a fresh Python process
+with a cache folder of its own: built once and reused, loaded without touching the process's
+floating-point settings, and replaced by torch operations with one warning where no compiler
+runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bpttlab.kernels import compiled
+
+pytestmark = pytest.mark.skipif(
+    compiled.build("lstm_step") is None, reason="no C compiler: nothing is compiled here"
+)
+
+TRAIN_LSTM = """
+import torch
+from bpttlab.kernels import compiled, lstm
+torch.manual_seed(0)
+x, h, c = torch.randn(2, 5, 3), torch.zeros(2, 4), torch.zeros(2, 4)
+weights = torch.randn(16, 3), torch.randn(16, 4), torch.randn(16), torch.randn(16)
+x.requires_grad_()
+for _ in range(2):
+    y, _, _ = lstm(x, h, c, *weights)
+    y.sum().backward()
+print(compiled.compiled_in_effect(), float(x.grad.abs().sum()))
+"""
+
+
+def run_python(code: str, cache, **env) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache), **env}
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_library_is_built_once_and_reused(tmp_path):
+    first = run_python(TRAIN_LSTM, tmp_path)
+    assert first.returncode == 0, first.stderr
+    (built,) = (tmp_path / "bpttlab").iterdir()
+    assert built.name.startswith("lstm_step-") and built.suffix == ".so"
+    made = built.stat().st_mtime_ns
+    second = run_python(TRAIN_LSTM, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert first.stdout == second.stdout and first.stdout.startswith("True ")
+    assert [p.name for p in (tmp_path / "bpttlab").iterdir()] == [built.name]
+    assert built.stat().st_mtime_ns == made
+
+
+def test_without_a_compiler_the_steps_run_as_torch_operations_with_one_warning(tmp_path):
+    """CC names no program: one warning, no library, the same gradients to float32 rounding
+    as the compiled steps."""
+    fallback = run_python(TRAIN_LSTM, tmp_path / "none", CC=str(tmp_path / "no-such-cc"))
+    assert fallback.returncode == 0, fallback.stderr
+    assert fallback.stderr.count("could not compile lstm_step.c") == 1
+    assert not (tmp_path / "none" / "bpttlab").exists() or not any(
+        (tmp_path / "none" / "bpttlab").iterdir()
+    )
+    with_library = run_python(TRAIN_LSTM, tmp_path / "built")
+    assert with_library.returncode == 0, with_library.stderr
+    (in_effect, grad), (compiled_in_effect, compiled_grad) = (
+        r.stdout.split() for r in (fallback, with_library)
+    )
+    assert (in_effect, compiled_in_effect) == ("False", "True")
+    assert float(grad) == pytest.approx(float(compiled_grad), rel=1e-5)
+
+
+def test_loading_the_library_keeps_subnormals(tmp_path):
+    """A library built with -ffast-math would switch on flush-to-zero for the whole process
+    when it is loaded; with subnormals kept, they must survive the load."""
+    code = (
+        "import torch\n"
+        "from bpttlab.kernels import compiled\n"
+        "torch.set_flush_denormal(False)\n"
+        "before = 1e-310 * 1.0 != 0\n"
+        "assert compiled.build('lstm_step') is not None\n"
+        "print(before, 1e-310 * 1.0 != 0)\n"
+    )
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
