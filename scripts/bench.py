@@ -77,6 +77,7 @@ from torch import nn
 from bpttlab import BPTT, AddingTask, Clipping, GradientFlow, RecurrentNet, SequenceModule, Window
 from bpttlab.allocator import keep_freed_memory
 from bpttlab.cells.torch_recurrence import onednn
+from bpttlab.kernels.compiled import compiled_in_effect
 from bpttlab.subnormals import flush_subnormals
 from bpttlab.tasks import TRAIN, batch_generator
 
@@ -609,6 +610,7 @@ def environment() -> dict:
         "cpus_usable": affinity,
         "torch_threads": torch.get_num_threads(),
         "mkldnn_available": torch.backends.mkldnn.is_available(),
+        "compiled_lstm_steps": compiled_in_effect(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
     }
 
@@ -622,7 +624,8 @@ def print_header(env: dict, cfg: Config, quick: bool) -> None:
     print(
         f"CPUs: {env['cpu_count']} (usable {env['cpus_usable']}), "
         f"torch.get_num_threads() = {env['torch_threads']}, "
-        f"load average at start {env['load_average_at_start']}"
+        f"load average at start {env['load_average_at_start']}, "
+        f"compiled LSTM steps: {env['compiled_lstm_steps']}"
     )
     print(
         f"LSTM hidden {cfg.hidden}, embedding {cfg.embedding}, batch {cfg.batch}, "

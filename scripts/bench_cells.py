@@ -26,6 +26,7 @@ import torch
 
 from bpttlab.allocator import keep_freed_memory
 from bpttlab.cells import CELLS
+from bpttlab.kernels.compiled import compiled_in_effect
 from bpttlab.model import RecurrentNet
 from bpttlab.subnormals import flush_subnormals
 
@@ -126,7 +127,10 @@ def main() -> None:
     B, T, E, H = args.batch, args.seq_len, args.embedding, args.hidden
     ceiling = gemm_gflops(device)
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"{name}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"{name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"compiled LSTM steps: {compiled_in_effect()}"
+    )
     print(f"B={B} T={T} E={E} H={H}, forward + backward, median of {args.repeats}")
     print(f"GEMM ceiling (float32 2048^3): {ceiling:.0f} GFLOP/s")
     if device.type == "cpu":
