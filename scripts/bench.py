@@ -610,7 +610,7 @@ def environment() -> dict:
         "cpus_usable": affinity,
         "torch_threads": torch.get_num_threads(),
         "mkldnn_available": torch.backends.mkldnn.is_available(),
-        "compiled_lstm_steps": compiled_in_effect(),
+        "compiled_steps": compiled_in_effect(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
     }
 
@@ -625,7 +625,7 @@ def print_header(env: dict, cfg: Config, quick: bool) -> None:
         f"CPUs: {env['cpu_count']} (usable {env['cpus_usable']}), "
         f"torch.get_num_threads() = {env['torch_threads']}, "
         f"load average at start {env['load_average_at_start']}, "
-        f"compiled LSTM steps: {env['compiled_lstm_steps']}"
+        f"compiled GRU and LSTM steps: {env['compiled_steps']}"
     )
     print(
         f"LSTM hidden {cfg.hidden}, embedding {cfg.embedding}, batch {cfg.batch}, "

@@ -6,6 +6,7 @@ runs."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,19 +15,19 @@ import pytest
 from bpttlab.kernels import compiled
 
 pytestmark = pytest.mark.skipif(
-    compiled.build("lstm_step") is None, reason="no C compiler: nothing is compiled here"
+    shutil.which(compiled.c_compiler()) is None, reason="no C compiler here: nothing is compiled"
 )
 
-TRAIN_LSTM = """
+TRAIN = """
 import torch
-from bpttlab.kernels import compiled, lstm
+from bpttlab.kernels import compiled, gru, lstm
 torch.manual_seed(0)
-x, h, c = torch.randn(2, 5, 3), torch.zeros(2, 4), torch.zeros(2, 4)
-weights = torch.randn(16, 3), torch.randn(16, 4), torch.randn(16), torch.randn(16)
-x.requires_grad_()
-for _ in range(2):
-    y, _, _ = lstm(x, h, c, *weights)
-    y.sum().backward()
+x, h, c = torch.randn(2, 5, 3, requires_grad=True), torch.zeros(2, 4), torch.zeros(2, 4)
+for gates, run in ((4, lambda *w: lstm(x, h, c, *w)), (3, lambda *w: gru(x, h, *w))):
+    weights = [torch.randn(gates * 4, 3), torch.randn(gates * 4, 4)]
+    weights += [torch.randn(gates * 4), torch.randn(gates * 4)]
+    for _ in range(2):
+        run(*weights)[0].sum().backward()
 print(compiled.compiled_in_effect(), float(x.grad.abs().sum()))
 """
 
@@ -38,29 +39,31 @@ def run_python(code: str, cache, **env) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_library_is_built_once_and_reused(tmp_path):
-    first = run_python(TRAIN_LSTM, tmp_path)
+def test_the_libraries_are_built_once_and_reused(tmp_path):
+    first = run_python(TRAIN, tmp_path)
     assert first.returncode == 0, first.stderr
-    (built,) = (tmp_path / "bpttlab").iterdir()
-    assert built.name.startswith("lstm_step-") and built.suffix == ".so"
-    made = built.stat().st_mtime_ns
-    second = run_python(TRAIN_LSTM, tmp_path)
+    built = sorted((tmp_path / "bpttlab").iterdir())
+    assert [p.name.split("-")[0] for p in built] == sorted(compiled.STEP_SOURCES)
+    assert all(p.suffix == ".so" for p in built)
+    made = [p.stat().st_mtime_ns for p in built]
+    second = run_python(TRAIN, tmp_path)
     assert second.returncode == 0, second.stderr
     assert first.stdout == second.stdout and first.stdout.startswith("True ")
-    assert [p.name for p in (tmp_path / "bpttlab").iterdir()] == [built.name]
-    assert built.stat().st_mtime_ns == made
+    assert sorted((tmp_path / "bpttlab").iterdir()) == built
+    assert [p.stat().st_mtime_ns for p in built] == made
 
 
 def test_without_a_compiler_the_steps_run_as_torch_operations_with_one_warning(tmp_path):
     """CC names no program: one warning, no library, the same gradients to float32 rounding
     as the compiled steps."""
-    fallback = run_python(TRAIN_LSTM, tmp_path / "none", CC=str(tmp_path / "no-such-cc"))
+    fallback = run_python(TRAIN, tmp_path / "none", CC=str(tmp_path / "no-such-cc"))
     assert fallback.returncode == 0, fallback.stderr
     assert fallback.stderr.count("could not compile lstm_step.c") == 1
+    assert fallback.stderr.count("could not compile gru_step.c") == 1
     assert not (tmp_path / "none" / "bpttlab").exists() or not any(
         (tmp_path / "none" / "bpttlab").iterdir()
     )
-    with_library = run_python(TRAIN_LSTM, tmp_path / "built")
+    with_library = run_python(TRAIN, tmp_path / "built")
     assert with_library.returncode == 0, with_library.stderr
     (in_effect, grad), (compiled_in_effect, compiled_grad) = (
         r.stdout.split() for r in (fallback, with_library)

@@ -1,11 +1,13 @@
 """bpttlab's kernels (``bpttlab.kernels``) against the equations written out here as a plain
 float64 loop: outputs, final state and the gradients with respect to the inputs, the initial
 state and all four weights, under an upstream gradient on every output and on the final state;
-then gradcheck on a tiny size, float32 agreement with torch's nn.RNN/nn.GRU/nn.LSTM, the LSTM's
-float32 steps (compiled C and torch operations) against the equations in float64, sinks
-included, and the cells' fast path with kernel="bpttlab" against their unrolled path."""
+then gradcheck on a tiny size, float32 agreement with torch's nn.RNN/nn.GRU/nn.LSTM, the GRU's
+and LSTM's float32 steps (compiled C and torch operations) against the equations in float64,
+sinks included, and the cells' fast path with kernel="bpttlab" against their unrolled path."""
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
@@ -28,7 +30,8 @@ def elman_reference(x, h, w_ih, w_hh, b_ih, b_hh, activation):
     return torch.stack(outputs, 1), h
 
 
-def gru_reference(x, h, w_ih, w_hh, b_ih, b_hh):
+def gru_reference_with_states(x, h, w_ih, w_hh, b_ih, b_hh):
+    """(outputs, final h, every h_t as later steps use it)."""
     w_ir, w_iz, w_in = w_ih.chunk(3)
     w_hr, w_hz, w_hn = w_hh.chunk(3)
     b_ir, b_iz, b_in = b_ih.chunk(3)
@@ -41,7 +44,11 @@ def gru_reference(x, h, w_ih, w_hh, b_ih, b_hh):
         n = torch.tanh(x_t @ w_in.T + b_in + r * (h @ w_hn.T + b_hn))
         h = (1 - z) * n + z * h
         outputs.append(h)
-    return torch.stack(outputs, 1), h
+    return torch.stack(outputs, 1), h, outputs
+
+
+def gru_reference(*args):
+    return gru_reference_with_states(*args)[:2]
 
 
 def lstm_reference_with_states(x, h, c, w_ih, w_hh, b_ih, b_hh):
@@ -167,41 +174,49 @@ def test_float32_agrees_with_torch(kind):
 
 
 @pytest.fixture(params=["compiled", "torch"])
-def lstm_steps(request):
-    """The LSTM kernel's step element-wise work in C or as torch operations, then as before."""
+def step_work(request):
+    """The GRU and LSTM kernels' step element-wise work in C or as torch operations, then as
+    before."""
     wanted = request.param == "compiled"
-    if wanted and compiled.build("lstm_step") is None:
-        pytest.skip("no C compiler: the LSTM kernel's compiled steps cannot be built here")
+    if wanted and shutil.which(compiled.c_compiler()) is None:
+        pytest.skip("no C compiler here: the kernels' steps cannot be compiled")
     assert compiled.use_compiled(wanted) is wanted
     yield request.param
     compiled.use_compiled(True)
 
 
-def test_lstm_float32_steps_match_the_equations_in_float64(lstm_steps):
+STATES_REFERENCES = {
+    "gru": (("h",), gru_reference_with_states),
+    "lstm": (("h", "c"), lstm_reference_with_states),
+}
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_float32_steps_match_the_equations_in_float64(kind, step_work):
     """The float32 kernel (B=8, T=60, H=32 from a non-zero state), its steps compiled or as
-    torch operations: outputs, final state, every gradient and the sinks' dL/dh_t and dL/dc_t
-    at every step equal the float64 equations' to float32 rounding."""
-    _, _, _, tensors = problem("lstm", torch.float32, batch=8, steps=60, inputs=6, hidden=32)
+    torch operations: outputs, final state, every gradient and the sinks' dL/d(state)_t at
+    every step equal the float64 equations' to float32 rounding."""
+    kernel, _, _, tensors = problem(kind, torch.float32, batch=8, steps=60, inputs=6, hidden=32)
+    names, reference = STATES_REFERENCES[kind]
     T, H = 60, 32
     zero = torch.zeros(1, 1, 1, requires_grad=True)
-    sinks = [zero.expand(T, 8, H), zero.expand(T, 8, H)]
-    outputs, grads = outputs_and_grads(
-        lambda *t: kernels.lstm(*t[:-2], *t[-2:]), [*tensors, *sinks]
-    )
-    grads, caught = grads[:-2], dict(zip(("h", "c"), grads[-2:], strict=True))
+    sinks = [zero.expand(T, 8, H) for _ in names]
+    outputs, grads = outputs_and_grads(kernel, [*tensors, *sinks])
+    grads, caught = grads[: len(tensors)], grads[len(tensors) :]
 
     wide = [t.detach().double().requires_grad_() for t in tensors]
-    y, h, c, hs, cs = lstm_reference_with_states(*wide)
+    (*expected_outputs,) = reference(*wide)
+    expected_outputs, steps = expected_outputs[: 1 + len(names)], expected_outputs[1 + len(names) :]
     g = torch.Generator().manual_seed(1)
-    loss = sum((o * torch.randn(o.shape, generator=g).double()).sum() for o in (y, h, c))
-    expected_grads = torch.autograd.grad(loss, [*wide, *hs, *cs])
-    for got, want in zip(outputs, (y, h, c), strict=True):
+    loss = sum((o * torch.randn(o.shape, generator=g).double()).sum() for o in expected_outputs)
+    expected = torch.autograd.grad(loss, [*wide, *(s for states in steps for s in states)])
+    for got, want in zip(outputs, expected_outputs, strict=True):
         torch.testing.assert_close(got.double(), want, atol=2e-6, rtol=0)
-    for got, want in zip(grads, expected_grads[: len(wide)], strict=True):
+    for got, want in zip(grads, expected[: len(wide)], strict=True):
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
-    for name, want in (("h", expected_grads[len(wide) : -T]), ("c", expected_grads[-T:])):
-        got = caught[name].double()
-        torch.testing.assert_close(got, torch.stack(want), atol=2e-6, rtol=1e-5, msg=name)
+    for i, (name, got) in enumerate(zip(names, caught, strict=True)):
+        want = torch.stack(expected[len(wide) + i * T : len(wide) + (i + 1) * T])
+        torch.testing.assert_close(got.double(), want, atol=2e-6, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])

@@ -24,7 +24,9 @@ from pathlib import Path
 
 SOURCES = Path(__file__).parent
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared"]
-LIBRARIES = ["-lmvec", "-lm"]  # glibc's vector maths (expf over 8 or 16 floats at once)
+LINK = ["-lmvec", "-lm"]  # glibc's vector maths (expf over 8 or 16 floats at once)
+
+STEP_SOURCES = ("lstm_step", "gru_step")  # the kernels' step functions, one C file each
 
 _wanted = True
 
@@ -39,12 +41,45 @@ def use_compiled(enabled: bool) -> bool:
 
 def compiled_in_effect() -> bool:
     """Whether the kernels run their steps compiled now."""
-    return library("lstm_step") is not None
+    return all([library(name) is not None for name in STEP_SOURCES])  # builds every one
+
+
+def c_compiler() -> str:
+    """The C compiler to build with: ``$CC``, else ``cc``."""
+    return os.environ.get("CC", "cc")
 
 
 def library(name: str) -> ctypes.CDLL | None:
     """The compiled ``<name>.c`` of this package, or None (not wanted, or it cannot be built)."""
     return build(name) if _wanted else None
+
+
+class CompiledSteps:
+    """A kernel's step functions from ``<name>.c``, ``forward_step(buffers, t)`` and
+    ``backward_step(buffers, t)``, over one run's ``buffers`` (a ctypes Structure holding
+    addresses into ``tensors``, which this keeps alive)."""
+
+    def __init__(self, library: ctypes.CDLL, buffers: ctypes.Structure, tensors: tuple):
+        self.buffers, self.tensors = buffers, tensors
+        self.address = ctypes.addressof(buffers)
+        self.forward_step, self.backward_step = library.forward_step, library.backward_step
+
+    def forward(self, t: int) -> None:
+        self.forward_step(self.address, t)
+
+    def backward(self, t: int) -> None:
+        self.backward_step(self.address, t)
+
+
+def steps(name: str, buffers: ctypes.Structure, tensors: tuple) -> CompiledSteps | None:
+    """``<name>.c``'s step functions over ``buffers``, or None where it is not compiled."""
+    compiled = library(name)
+    return None if compiled is None else CompiledSteps(compiled, buffers, tensors)
+
+
+def addresses(*tensors) -> list[int | None]:
+    """The data addresses of ``tensors`` for a buffers struct (None for a missing one)."""
+    return [None if t is None else t.data_ptr() for t in tensors]
 
 
 @functools.cache
@@ -53,15 +88,18 @@ def build(name: str) -> ctypes.CDLL | None:
     if not path.is_file():
         return unavailable(name, f"{path} is missing")
     source = path.read_bytes()
-    compiler = os.environ.get("CC", "cc")
-    build_line = " ".join([compiler, *FLAGS, *LIBRARIES]).encode()
+    compiler = c_compiler()
+    build_line = " ".join([compiler, *FLAGS, *LINK]).encode()
     key = hashlib.sha256(b"\0".join([source, build_line, cpu_identity()])).hexdigest()[:16]
     target = cache_dir() / f"{name}-{key}.so"
     if not target.exists():
         error = compile_to(target, compiler, path)
         if error:
             return unavailable(name, error)
-    return ctypes.CDLL(str(target))
+    compiled = ctypes.CDLL(str(target))
+    for function in (compiled.forward_step, compiled.backward_step):
+        function.argtypes, function.restype = [ctypes.c_void_p, ctypes.c_long], None
+    return compiled
 
 
 def unavailable(name: str, why: str) -> None:
@@ -74,7 +112,7 @@ def compile_to(target: Path, compiler: str, source: Path) -> str | None:
     """Build ``source`` into ``target`` (atomically: concurrent workers may build it too);
     return why it failed, or None."""
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    command = [compiler, *FLAGS, str(source), "-o", str(partial), *LIBRARIES]
+    command = [compiler, *FLAGS, str(source), "-o", str(partial), *LINK]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as error:

@@ -2,18 +2,104 @@
 r = sigmoid(W_ir x + b_ir + W_hr h + b_hr), z = sigmoid(W_iz x + b_iz + W_hz h + b_hz),
 n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h.
 
-The backward multiplies each step's incoming dL/dh by factors computed for all timesteps at
-once before the loop, giving dL/d(n pre-activation, r and z pre-activations, W_hn h + b_hn) in
-that order: the first three columns are the input side (dW_ih, dx) and the last three the
-hidden side (dW_hh and the step's GEMM), each one contiguous block.
+The backward multiplies each step's incoming dL/dh by the step's gate factors, giving
+dL/d(n pre-activation, r and z pre-activations, W_hn h + b_hn) in that order: the first three
+columns are the input side (dW_ih, dx) and the last three the hidden side (dW_hh and the step's
+GEMM), each one contiguous block. Each step's GEMM runs in torch; its element-wise work runs in
+C (gru_step.c) for float32 on CPU where the C library could be built
+(``bpttlab.kernels.compiled``), else as torch operations (``TorchSteps``, which compute the
+backward's factors for all timesteps at once before the loop).
 """
 
 from __future__ import annotations
 
+import ctypes
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
+from bpttlab.kernels import compiled
 from bpttlab.kernels.activation import tanh
+
+
+@dataclass
+class Buffers:
+    """One run's time-major buffers; the backward's are None in the forward."""
+
+    projected: Tensor  # (T, B, 4H): input side of r, z and W_hn h + b_hn, then W_in x + b_in
+    gates: Tensor  # (T, B, 3H): sigmoid(r), sigmoid(z), W_hn h + b_hn
+    new: Tensor  # (T, B, H): n_t
+    hs: Tensor  # (T + 1, B, H)
+    grad_gates: Tensor | None = None  # (T, B, 4H): dL/d(n pre, r pre, z pre, W_hn h + b_hn)
+    grad_h: Tensor | None = None  # (B, H): dL/dh_t of the step being run back through
+    grad_y: Tensor | None = None  # (B, T, H): dL/dy from above
+
+
+class TorchSteps:
+    """The element-wise work of each step as torch operations (any dtype and device)."""
+
+    def __init__(self, buffers: Buffers, sink: Tensor | None):
+        T, B, H = buffers.new.shape
+        self.buffers, self.sink = buffers, sink
+        self.H = H
+        if buffers.grad_gates is None:
+            return
+        r, z, hidden_new = buffers.gates.view(T * B, 3, H).unbind(1)
+        n = buffers.new.view(T * B, H)
+        factors = buffers.grad_gates.view(T * B, 4, H)  # times dL/dh: the gate gradients
+        keep = 1 - z
+        torch.addcmul(keep, keep, n * n, value=-1, out=factors[:, 0])
+        torch.mul(factors[:, 0], r, out=factors[:, 3])
+        scaled_hidden_new = factors[:, 3] * hidden_new
+        torch.addcmul(scaled_hidden_new, scaled_hidden_new, r, value=-1, out=factors[:, 1])
+        torch.mul((buffers.hs[:-1].view(T * B, H) - n).mul_(z), keep, out=factors[:, 2])
+        self.z = z.view(T, B, H)
+        self.grad_y = buffers.grad_y.transpose(0, 1)
+
+    def forward(self, t: int) -> None:
+        b, H = self.buffers, self.H
+        gate, new_t = b.gates[t], b.new[t]
+        reset, update, hidden_new = gate.unflatten(1, (3, H)).unbind(1)
+        gate[:, : 2 * H].sigmoid_()
+        tanh(torch.addcmul(b.projected[t, :, 3 * H :], reset, hidden_new, out=new_t), out=new_t)
+        torch.sub(b.hs[t], new_t, out=b.hs[t + 1]).mul_(update).add_(new_t)
+
+    def backward(self, t: int) -> None:
+        grad_h = self.buffers.grad_h
+        if self.sink is not None:
+            self.sink[t] = grad_h
+        self.buffers.grad_gates[t].view(-1, 4, self.H).mul_(grad_h.unsqueeze(1))
+        if t > 0:
+            torch.addcmul(self.grad_y[t - 1], grad_h, self.z[t], out=grad_h)
+        else:
+            grad_h.mul_(self.z[t])
+
+
+class CompiledBuffers(ctypes.Structure):
+    """``gru_buffers`` of gru_step.c: the buffers' addresses (0 for none) and sizes."""
+
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in (
+            "projected", "gates", "new", "hs", "grad_gates", "grad_h", "grad_y", "sink"
+        )),
+        ("batch", ctypes.c_long),
+        ("hidden", ctypes.c_long),
+        ("steps", ctypes.c_long),
+    ]  # fmt: skip
+
+
+def step_functions(buffers: Buffers, sink: Tensor | None = None):
+    """The compiled steps (gru_step.c) for float32 on CPU where they are built, else torch's."""
+    b = buffers
+    if b.gates.dtype == torch.float32 and b.gates.device.type == "cpu":
+        T, B, H = b.new.shape
+        tensors = (b.projected, b.gates, b.new, b.hs, b.grad_gates, b.grad_h, b.grad_y, sink)
+        struct = CompiledBuffers(*compiled.addresses(*tensors), B, H, T)
+        steps = compiled.steps("gru_step", struct, tensors)
+        if steps is not None:
+            return steps
+    return TorchSteps(buffers, sink)
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -26,53 +112,32 @@ class GRURecurrence(torch.autograd.Function):
         bias = torch.cat([b_ih[: 2 * H] + b_hh[: 2 * H], b_hh[2 * H :], b_ih[2 * H :]])
         projected = torch.addmm(bias, inputs.view(T * B, -1), w_ih_padded.t()).view(T, B, 4 * H)
         gates = x.new_empty(T, B, 3 * H)  # r, z and W_hn h + b_hn
-        new = x.new_empty(T, B, H)
         hs = x.new_empty(T + 1, B, H)
         hs[0] = h0
+        buffers = Buffers(projected, gates, x.new_empty(T, B, H), hs)
+        steps = step_functions(buffers)
         w_hh_t = w_hh.t()
-        steps = zip(
-            projected[:, :, : 3 * H].unbind(0),
-            projected[:, :, 3 * H :].unbind(0),
-            gates.unbind(0),
-            new.unbind(0),
-            hs.unbind(0),
-            hs[1:].unbind(0),
-            strict=False,
-        )
-        for gate_input, new_input, gate, new_t, h, h_next in steps:
-            torch.addmm(gate_input, h, w_hh_t, out=gate)
-            reset, update, hidden_new = gate.unflatten(1, (3, H)).unbind(1)
-            gate[:, : 2 * H].sigmoid_()
-            tanh(torch.addcmul(new_input, reset, hidden_new, out=new_t), out=new_t)
-            torch.sub(h, new_t, out=h_next).mul_(update).add_(new_t)
-        ctx.save_for_backward(inputs, hs, gates, new, w_ih, w_hh)
+        gate_inputs, gate, h = projected[:, :, : 3 * H].unbind(0), gates.unbind(0), hs.unbind(0)
+        for t in range(T):
+            torch.addmm(gate_inputs[t], h[t], w_hh_t, out=gate[t])
+            steps.forward(t)
+        ctx.save_for_backward(inputs, hs, gates, buffers.new, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
 
     @staticmethod
     def backward(ctx, grad_y, grad_final):
-        inputs, hs, gates, n, w_ih, w_hh = ctx.saved_tensors
+        inputs, hs, gates, new, w_ih, w_hh = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        r, z, hidden_new = gates.view(T * B, 3, H).unbind(1)
-        n = n.view(T * B, H)
-        factors = gates.new_empty(T * B, 4, H)  # times dL/dh: d(n pre, r pre, z pre, hn)
-        keep = 1 - z
-        torch.addcmul(keep, keep, n * n, value=-1, out=factors[:, 0])
-        torch.mul(factors[:, 0], r, out=factors[:, 3])
-        scaled_hidden_new = factors[:, 3] * hidden_new
-        torch.addcmul(scaled_hidden_new, scaled_hidden_new, r, value=-1, out=factors[:, 1])
-        torch.mul((hs[:-1].view(T * B, H) - n).mul_(z), keep, out=factors[:, 2])
-        factors = factors.view(T, B, 4, H)
-        z = z.view(T, B, H)
-        grad_y = grad_y.transpose(0, 1)
-        grad_gates = factors  # each step's factors become its gate gradients, in place
-        grad_h = grad_y[T - 1] + grad_final
-        grad_sink = hs.new_empty(T, B, H) if ctx.needs_input_grad[6] else None
+        grad_y = grad_y.contiguous()
+        grad_h = (grad_y[:, T - 1] + grad_final).contiguous()
+        grad_gates = gates.new_empty(T, B, 4 * H)
+        sink = hs.new_empty(T, B, H) if ctx.needs_input_grad[6] else None
+        buffers = Buffers(None, gates, new, hs, grad_gates, grad_h, grad_y)
+        steps = step_functions(buffers, sink)
+        hidden_side_steps = grad_gates[:, :, H:].unbind(0)
         for t in range(T - 1, -1, -1):
-            if grad_sink is not None:
-                grad_sink[t] = grad_h
-            grad_gates[t].mul_(grad_h.unsqueeze(1))
-            through_z = torch.addcmul(grad_y[t - 1], grad_h, z[t]) if t > 0 else grad_h * z[t]
-            grad_h = torch.addmm(through_z, grad_gates[t].view(B, 4 * H)[:, H:], w_hh)
+            steps.backward(t)
+            grad_h.addmm_(hidden_side_steps[t], w_hh)
         flat = grad_gates.view(T * B, 4 * H)
         input_side, hidden_side = flat[:, : 3 * H], flat[:, H:]  # gates n, r, z and r, z, n
         to_reset_update_new = torch.cat([torch.arange(H, 3 * H), torch.arange(H)])
@@ -84,7 +149,7 @@ class GRURecurrence(torch.autograd.Function):
         grad_w_hh = hidden_side.t().mm(hs[:-1].reshape(T * B, H))
         sums = flat.sum(0)
         grad_b_ih, grad_b_hh = sums[to_reset_update_new], sums[H:]
-        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_sink
+        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, sink
 
 
 def gru(

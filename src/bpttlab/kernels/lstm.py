@@ -107,45 +107,16 @@ class CompiledBuffers(ctypes.Structure):
     ]  # fmt: skip
 
 
-class CompiledSteps:
-    """The element-wise work of each step in C (lstm_step.c): float32 on CPU."""
-
-    def __init__(self, library: ctypes.CDLL, buffers: Buffers, sink_h, sink_c):
-        b = buffers
-        tensors = (b.gates, b.cs, b.hs, b.squashed_cells, b.grad_gates, b.grad_h, b.grad_c)
-        addresses = [t.data_ptr() if t is not None else None for t in (*tensors, sink_h, sink_c)]
-        self.keep = (buffers, sink_h, sink_c)  # the memory the addresses point into
-        self.struct = CompiledBuffers(*addresses, b.hs.shape[1], b.hs.shape[2])
-        self.pointer = ctypes.byref(self.struct)
-        self.forward_step, self.backward_step = (
-            library.lstm_forward_step,
-            library.lstm_backward_step,
-        )
-
-    def forward(self, t: int) -> None:
-        self.forward_step(self.pointer, t)
-
-    def backward(self, t: int) -> None:
-        self.backward_step(self.pointer, t)
-
-
-def compiled_library() -> ctypes.CDLL | None:
-    """lstm_step.c compiled, its functions typed; None where it is not used."""
-    library = compiled.library("lstm_step")
-    if library is not None and not library.lstm_forward_step.argtypes:
-        for function in (library.lstm_forward_step, library.lstm_backward_step):
-            function.argtypes = [ctypes.POINTER(CompiledBuffers), ctypes.c_long]
-            function.restype = None
-    return library
-
-
 def step_functions(buffers: Buffers, sink_h: Tensor | None = None, sink_c: Tensor | None = None):
-    """The compiled steps where they apply (float32 on CPU, library built), else torch's."""
-    gates = buffers.gates
-    if gates.dtype == torch.float32 and gates.device.type == "cpu":
-        library = compiled_library()
-        if library is not None:
-            return CompiledSteps(library, buffers, sink_h, sink_c)
+    """The compiled steps (lstm_step.c) for float32 on CPU where they are built, else torch's."""
+    b = buffers
+    if b.gates.dtype == torch.float32 and b.gates.device.type == "cpu":
+        tensors = (b.gates, b.cs, b.hs, b.squashed_cells, b.grad_gates, b.grad_h, b.grad_c)
+        tensors += (sink_h, sink_c)
+        struct = CompiledBuffers(*compiled.addresses(*tensors), b.hs.shape[1], b.hs.shape[2])
+        steps = compiled.steps("lstm_step", struct, tensors)
+        if steps is not None:
+            return steps
     return TorchSteps(buffers, sink_h, sink_c)
 
 

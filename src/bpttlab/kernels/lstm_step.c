@@ -54,7 +54,7 @@ static inline void backward_row(const float *restrict gate, float *restrict grad
 }
 
 /* Step t forward: the gate rows of step t already hold W x_t + b + W_hh h_t. */
-void lstm_forward_step(const lstm_buffers *s, long t) {
+void forward_step(const lstm_buffers *s, long t) {
     const long B = s->batch, H = s->hidden;
     for (long b = 0; b < B; b++) {
         const long row = t * B + b;
@@ -65,7 +65,7 @@ void lstm_forward_step(const lstm_buffers *s, long t) {
 
 /* Step t backward: grad_h holds dL/dh_t; writes step t's gate gradients, carries grad_c to
  * dL/dc_{t-1} (its part through c) and fills the sinks' step t. */
-void lstm_backward_step(const lstm_buffers *s, long t) {
+void backward_step(const lstm_buffers *s, long t) {
     const long B = s->batch, H = s->hidden;
     for (long b = 0; b < B; b++) {
         const long row = t * B + b;

@@ -1,0 +1,75 @@
+/* The element-wise work of one GRU timestep, forward and backward, for bpttlab's GRU kernel
+ * (kernels/gru.py, which runs the GEMMs and explains the layout). float32, contiguous,
+ * time-major buffers. One pass over each row replaces the torch operations a step costs
+ * otherwise, and the backward computes each step's gate factors from cache-resident rows. */
+
+#include <stddef.h>
+
+/* glibc's vector expf (libmvec), declared so the loops below vectorise without -ffast-math */
+float expf(float) __attribute__((simd("notinbranch")));
+
+typedef struct {
+    const float *projected; /* (T, B, 4H): input side of r, z, hn (zero), then W_in x + b_in */
+    float *gates;           /* (T, B, 3H): r, z pre-activations + W_h h, then sigmoid(r, z) */
+    float *new;             /* (T, B, H): n_t */
+    float *hs;              /* (T + 1, B, H): hidden states, hs[0] given */
+    float *grad_gates;      /* (T, B, 4H): dL/d(n pre, r pre, z pre, W_hn h + b_hn) */
+    float *grad_h;          /* (B, H): dL/dh_t in; dL/dh_{t-1} less its GEMM term out */
+    const float *grad_y;    /* (B, T, H): dL/dy from above */
+    float *sink;            /* (T, B, H) or NULL: receives dL/dh_t */
+    long batch, hidden, steps;
+} gru_buffers;
+
+static void forward_row(float *restrict gate, const float *restrict new_input,
+                        float *restrict n, const float *restrict h, float *restrict h_next,
+                        long H) {
+    for (long j = 0; j < 2 * H; j++) gate[j] = 1.0f / (1.0f + expf(-gate[j]));
+    for (long j = 0; j < H; j++) {
+        float reset = gate[j], update = gate[H + j], hidden_new = gate[2 * H + j];
+        float n_j = 2.0f / (1.0f + expf(-2.0f * (new_input[j] + reset * hidden_new))) - 1.0f;
+        n[j] = n_j;
+        h_next[j] = (h[j] - n_j) * update + n_j;
+    }
+}
+
+static void backward_row(const float *restrict gate, const float *restrict n,
+                         const float *restrict h, float *restrict grad_gate,
+                         float *restrict grad_h, const float *restrict grad_y_prev, long H) {
+    for (long j = 0; j < H; j++) {
+        float reset = gate[j], update = gate[H + j], hidden_new = gate[2 * H + j];
+        float keep = 1.0f - update, dh = grad_h[j];
+        float grad_new = dh * (keep - keep * n[j] * n[j]);
+        float grad_hidden_new = grad_new * reset;
+        float scaled = grad_hidden_new * hidden_new;
+        grad_gate[j] = grad_new;
+        grad_gate[H + j] = scaled - scaled * reset;
+        grad_gate[2 * H + j] = dh * ((h[j] - n[j]) * update * keep);
+        grad_gate[3 * H + j] = grad_hidden_new;
+        grad_h[j] = (grad_y_prev ? grad_y_prev[j] : 0.0f) + dh * update;
+    }
+}
+
+/* Step t forward: the gate rows of step t already hold the input side + W_hh h_t + b_hh. */
+void forward_step(const gru_buffers *s, long t) {
+    const long B = s->batch, H = s->hidden;
+    for (long b = 0; b < B; b++) {
+        const long row = t * B + b;
+        forward_row(s->gates + row * 3 * H, s->projected + row * 4 * H + 3 * H, s->new + row * H,
+                    s->hs + row * H, s->hs + (row + B) * H, H);
+    }
+}
+
+/* Step t backward: grad_h holds dL/dh_t; writes step t's gate gradients and leaves in grad_h
+ * dL/dh_{t-1} without its GEMM term (dL/dy_{t-1} + dL/dh_t z_t), and fills the sink's step t. */
+void backward_step(const gru_buffers *s, long t) {
+    const long B = s->batch, H = s->hidden, T = s->steps;
+    for (long b = 0; b < B; b++) {
+        const long row = t * B + b;
+        float *grad_h = s->grad_h + b * H;
+        if (s->sink)
+            for (long j = 0; j < H; j++) s->sink[row * H + j] = grad_h[j];
+        const float *grad_y_prev = t > 0 ? s->grad_y + (b * T + t - 1) * H : NULL;
+        backward_row(s->gates + row * 3 * H, s->new + row * H, s->hs + row * H,
+                     s->grad_gates + row * 4 * H, grad_h, grad_y_prev, H);
+    }
+}
