@@ -1,6 +1,7 @@
 """Benchmark whole runs through the real command line: peak memory, start-up, freed memory.
 
-    python scripts/bench_runs.py [--sections memory,startup,allocator] [--repeats N] [--json PATH]
+    python scripts/bench_runs.py [--sections memory,startup,allocator,compiled] [--repeats N]
+        [--json PATH]
 
 1. Memory. Peak resident memory (the child's own ``ru_maxrss``) of ``bpttlab-train task=copy``
    with truncated BPTT (truncation 20) at gap 1000 and gap 10000: 20 optimiser steps, a
@@ -19,6 +20,10 @@ Both run with one torch thread (``threads=1``), so that a busy machine does not 
    100 steps, no probes) with ``keep_freed_memory=true`` (the default) against ``false``,
    alternated A B A B on every core: each run's own training time (metrics.json's
    ``wall_seconds``), its minor page faults per step and its peak resident memory, medians.
+
+4. Compiled steps. The same run with the GRU (bpttlab's GRU kernel, the GRU's default), and
+   with the LSTM probed every 10 steps (probed steps run bpttlab's LSTM kernel), each with
+   ``compiled_kernels=true`` (the default) against ``false``, alternated, medians.
 """
 
 from __future__ import annotations
@@ -46,6 +51,13 @@ ALLOCATOR_RUN = [
     *["trainer.max_steps=100", "~callbacks.grad_flow", "module.stop_when_solved=false"],
     "trainer.enable_progress_bar=false",
 ]
+COMPILED_RUNS = {
+    "GRU, no probes": [*ALLOCATOR_RUN, "cell=gru"],
+    "LSTM, probes every 10 steps": [
+        *(a for a in ALLOCATOR_RUN if a != "~callbacks.grad_flow"),
+        "callbacks.grad_flow.every_n_steps=10",
+    ],
+}
 MEMORY_TARGET = 1.10
 STARTUP_TARGET = 1.3
 
@@ -131,13 +143,13 @@ def startup(repeats: int) -> dict:
     }
 
 
-def allocator_run(keep: bool, run_dir: Path) -> dict:
-    """One run of ALLOCATOR_RUN: training seconds, minor page faults per step, peak MB."""
-    command = [CLI, *ALLOCATOR_RUN, f"keep_freed_memory={keep}", f"hydra.run.dir={run_dir}"]
-    usage = run_to_end(command)
+def timed_run(args: list[str], run_dir: Path, observed: str, expected: bool) -> dict:
+    """One run: training seconds, minor page faults per step, peak MB; metrics.json's
+    ``observed`` must be ``expected`` (the setting took effect)."""
+    usage = run_to_end([CLI, *args, f"hydra.run.dir={run_dir}"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    if metrics["freed_memory_kept"] is not keep:
-        raise SystemExit(f"keep_freed_memory={keep} did not take effect in {run_dir}")
+    if metrics[observed] is not expected:
+        raise SystemExit(f"{observed} is not {expected} in {run_dir}")
     return {
         "seconds": metrics["wall_seconds"],
         "faults_per_step": usage.ru_minflt / metrics["steps"],
@@ -145,19 +157,32 @@ def allocator_run(keep: bool, run_dir: Path) -> dict:
     }
 
 
-def allocator(repeats: int) -> dict:
-    runs: dict[str, list[dict]] = {"kept": [], "returned": []}
+def switch(args: list[str], key: str, observed: str, repeats: int) -> dict:
+    """``key=true`` against ``key=false``, alternated: every run, medians and the speed-up."""
+    runs: dict[bool, list[dict]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(repeats):
-            print(f"  freed memory: round {i + 1}/{repeats}", file=sys.stderr)
-            for name, keep in (("kept", True), ("returned", False)):
-                runs[name].append(allocator_run(keep, Path(tmp) / f"{name}{i}"))
+            print(f"  {key}: round {i + 1}/{repeats}", file=sys.stderr)
+            for value in (True, False):
+                run_dir = Path(tmp) / f"{value}{i}"
+                runs[value].append(timed_run([*args, f"{key}={value}"], run_dir, observed, value))
     medians = {
-        name: {k: statistics.median(r[k] for r in results) for k in results[0]}
-        for name, results in runs.items()
+        value: {k: statistics.median(r[k] for r in results) for k in results[0]}
+        for value, results in runs.items()
     }
-    speedup = medians["returned"]["seconds"] / medians["kept"]["seconds"]
+    speedup = medians[False]["seconds"] / medians[True]["seconds"]
     return {"runs": runs, "median": medians, "speedup": speedup}
+
+
+def allocator(repeats: int) -> dict:
+    return switch(ALLOCATOR_RUN, "keep_freed_memory", "freed_memory_kept", repeats)
+
+
+def compiled(repeats: int) -> dict:
+    return {
+        name: switch(args, "compiled_kernels", "compiled_kernels", repeats)
+        for name, args in COMPILED_RUNS.items()
+    }
 
 
 def verdict(met: bool, target: str) -> str:
@@ -167,14 +192,16 @@ def verdict(met: bool, target: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--sections", default="memory,startup,allocator", help="memory,startup,allocator or some"
+        "--sections",
+        default="memory,startup,allocator,compiled",
+        help="memory,startup,allocator,compiled or some",
     )
-    parser.add_argument("--repeats", type=int, default=5, help="start-up and allocator rounds")
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of sections 2 to 4")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
-    if sections - {"memory", "startup", "allocator"} or args.repeats < 1:
-        parser.error("--sections takes memory, startup, allocator; --repeats >= 1")
+    if sections - {"memory", "startup", "allocator", "compiled"} or args.repeats < 1:
+        parser.error("--sections takes memory, startup, allocator, compiled; --repeats >= 1")
     report = {}
     if "memory" in sections:
         report["memory"] = r = memory()
@@ -198,15 +225,23 @@ def main(argv: list[str] | None = None) -> None:
     if "allocator" in sections:
         report["allocator"] = r = allocator(args.repeats)
         print(f"3. Freed memory kept or returned (keep_freed_memory), medians of {args.repeats}")
-        for name, m in r["median"].items():
+        for keep, m in r["median"].items():
             print(
-                f"  {name:9s} {m['seconds']:7.2f} s  {m['faults_per_step']:8.0f} faults/step"
-                f"  {m['peak_mb']:6.0f} MB peak"
+                f"  {'kept' if keep else 'returned':9s} {m['seconds']:7.2f} s"
+                f"  {m['faults_per_step']:8.0f} faults/step  {m['peak_mb']:6.0f} MB peak"
             )
         print(f"  speed-up from keeping it: {r['speedup']:.2f}x")
+    if "compiled" in sections:
+        report["compiled"] = r = compiled(args.repeats)
+        print(
+            f"4. Compiled steps or torch operations (compiled_kernels), medians of {args.repeats}"
+        )
+        for name, result in r.items():
+            on, off = result["median"][True]["seconds"], result["median"][False]["seconds"]
+            print(f"  {name:28s} {on:7.2f} s compiled, {off:7.2f} s not: {result['speedup']:.2f}x")
     print(f"load average at end {[round(v, 2) for v in os.getloadavg()]}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

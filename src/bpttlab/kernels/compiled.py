@@ -126,14 +126,16 @@ def compile_to(target: Path, compiler: str, source: Path) -> str | None:
 
 
 def cache_dir() -> Path:
-    """Where compiled libraries are kept: the user's cache, else a folder in the temp dir."""
+    """Where compiled libraries are kept: the user's cache, else a folder in the temp dir; only
+    a folder this user owns (a library loaded from it runs as this user)."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bpttlab"
     for folder in (base, Path(tempfile.gettempdir()) / f"bpttlab-{os.getuid()}"):
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            owned = folder.stat().st_uid == os.getuid()
         except OSError:
             continue
-        if os.access(folder, os.W_OK):
+        if owned and os.access(folder, os.W_OK):
             return folder
     return Path(tempfile.mkdtemp(prefix="bpttlab-"))
 
