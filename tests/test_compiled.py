@@ -53,6 +53,23 @@ def test_the_libraries_are_built_once_and_reused(tmp_path):
     assert [p.stat().st_mtime_ns for p in built] == made
 
 
+def test_a_cached_library_that_does_not_load_is_built_again(tmp_path):
+    """A damaged file where the library is cached (an interrupted copy, another machine's
+    build) is replaced by a fresh build, without a warning."""
+    code = (
+        "import warnings\n"
+        "from bpttlab.kernels import compiled\n"
+        "warnings.simplefilter('error')\n"
+        "for name in compiled.STEP_SOURCES:\n"
+        "    compiled.library_path(compiled.SOURCES / f'{name}.c').write_bytes(b'not a library')\n"
+        "print(compiled.compiled_in_effect())\n"
+    )
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True"]
+    assert all(p.read_bytes()[:4] == b"\x7fELF" for p in (tmp_path / "bpttlab").iterdir())
+
+
 def test_without_a_compiler_the_steps_run_as_torch_operations_with_one_warning(tmp_path):
     """CC names no program: one warning, no library, the same gradients to float32 rounding
     as the compiled steps."""

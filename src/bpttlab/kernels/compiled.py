@@ -84,22 +84,39 @@ def addresses(*tensors) -> list[int | None]:
 
 @functools.cache
 def build(name: str) -> ctypes.CDLL | None:
-    path = SOURCES / f"{name}.c"
-    if not path.is_file():
-        return unavailable(name, f"{path} is missing")
-    source = path.read_bytes()
-    compiler = c_compiler()
-    build_line = " ".join([compiler, *FLAGS, *LINK]).encode()
-    key = hashlib.sha256(b"\0".join([source, build_line, cpu_identity()])).hexdigest()[:16]
-    target = cache_dir() / f"{name}-{key}.so"
-    if not target.exists():
-        error = compile_to(target, compiler, path)
+    """``<name>.c`` loaded from the cache, built first where it is not there or does not load
+    (a damaged file, or one built against another C library)."""
+    source = SOURCES / f"{name}.c"
+    if not source.is_file():
+        return unavailable(name, f"{source} is missing")
+    target = library_path(source)
+    loaded = load(target) if target.exists() else None
+    if loaded is None:
+        error = compile_to(target, c_compiler(), source)
         if error:
             return unavailable(name, error)
-    compiled = ctypes.CDLL(str(target))
-    for function in (compiled.forward_step, compiled.backward_step):
+        loaded = load(target)
+    return loaded if loaded is not None else unavailable(name, f"{target} does not load")
+
+
+def library_path(source: Path) -> Path:
+    """Where ``source``'s library is cached: named by the source, the build line and the CPU."""
+    build_line = " ".join([c_compiler(), *FLAGS, *LINK]).encode()
+    parts = [source.read_bytes(), build_line, cpu_identity()]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    return cache_dir() / f"{source.stem}-{key}.so"
+
+
+def load(target: Path) -> ctypes.CDLL | None:
+    """The library at ``target`` with its step functions typed, or None if it does not load."""
+    try:
+        library = ctypes.CDLL(str(target))
+        functions = library.forward_step, library.backward_step
+    except (OSError, AttributeError):
+        return None
+    for function in functions:
         function.argtypes, function.restype = [ctypes.c_void_p, ctypes.c_long], None
-    return compiled
+    return library
 
 
 def unavailable(name: str, why: str) -> None:
