@@ -154,6 +154,23 @@ def test_the_progress_bar_does_not_split_a_group(tmp_path):
     assert [len(g.runs) for g in groups] == [3]
 
 
+def test_how_fast_a_run_went_does_not_split_a_group(tmp_path):
+    """Runs that differ in seed, in the process settings that only change their speed, or that
+    predate those settings, are one group of three."""
+    root = tmp_path / "sweep"
+    for seed, setting in enumerate([True, False, None]):
+        run = write_run(root, f"run_{seed}", unsolved(0.9), seed)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        for key in ("keep_freed_memory", "compiled_kernels"):
+            if setting is None:
+                config.pop(key, None)
+            else:
+                config[key] = setting
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+    groups = group_runs(read_runs(root))
+    assert [len(g.runs) for g in groups] == [3]
+
+
 def test_compare_pairs_by_seed_and_says_when_seeds_cannot_tell(sweep):
     (comparison,) = compare(read_runs(sweep), "cell.init", "default", "chrono")
     assert comparison.seeds == [0, 1, 2]  # seed 3: diverged against failed, no pair

@@ -29,9 +29,12 @@ FINISHED = ("completed", "diverged")
 PATH_KEYS = {"run_dir", "dirpath", "save_dir", "default_root_dir", "log_dir", "ckpt_path"}
 """Config keys that say where a run writes, not what it runs: never part of a group's identity."""
 
-RUNTIME_KEYS = ("callbacks.progress_bar", "trainer.enable_progress_bar", "keep_freed_memory")
+RUNTIME_KEYS = (
+    *("callbacks.progress_bar", "trainer.enable_progress_bar"),
+    *("keep_freed_memory", "compiled_kernels"),
+)
 """Config keys (and the keys under them) that change what a run shows or how fast, not what it
-computes: never part of a group's identity either."""
+computes (beyond float rounding): never part of a group's identity either."""
 
 
 @dataclass
