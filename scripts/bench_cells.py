@@ -7,8 +7,10 @@
 One process; the paths of a cell are timed in alternation (A B A B ...), medians of the
 repeats after a warm-up. On CPU a second table times the training kernels of rnn, gru and lstm
 (one layer, forward + backward from a given state): torch's native kernel, torch's oneDNN
-kernel and bpttlab's own (``cell.kernel=bpttlab``), in alternation (A B C A B C ...), with the
-ratio of the fastest torch kernel's time to bpttlab's (> 1: bpttlab is faster). Subnormals
+kernel and bpttlab's own (``cell.kernel=bpttlab``), its steps compiled (the default) and as
+torch operations (``compiled_kernels=false``), in alternation (A B C D A B C D ...), with the
+ratio of the fastest torch kernel's time to bpttlab's (> 1: bpttlab is faster) and the
+compiled steps' speed-up. Subnormals
 are flushed and freed memory kept (``bpttlab.allocator``), as in training runs. On a machine shared with other jobs, OMP_WAIT_POLICY=passive
 keeps idle OpenMP threads from spinning against them (else timings can jump a hundredfold). Also a GEMM ceiling measured in the same run (a large float32 matrix
 product), and for the torch-backed cells their GFLOP/s (forward + backward of the recurrence:
@@ -26,7 +28,7 @@ import torch
 
 from bpttlab.allocator import keep_freed_memory
 from bpttlab.cells import CELLS
-from bpttlab.kernels.compiled import compiled_in_effect
+from bpttlab.kernels.compiled import compiled_in_effect, use_compiled
 from bpttlab.model import RecurrentNet
 from bpttlab.subnormals import flush_subnormals
 
@@ -74,14 +76,16 @@ def time_kernels(kind: str, B: int, T: int, E: int, H: int, repeats: int) -> dic
     x = torch.randn(B, T, E, requires_grad=True)
     state = cell.default_state(x)
     kernels = {
-        "torch native": {"kernel": "torch", "onednn": False},
-        "torch oneDNN": {"kernel": "torch", "onednn": True},
-        "bpttlab": {"kernel": "bpttlab", "onednn": False},
+        "torch native": {"kernel": "torch", "onednn": False, "compiled": True},
+        "torch oneDNN": {"kernel": "torch", "onednn": True, "compiled": True},
+        "bpttlab": {"kernel": "bpttlab", "onednn": False, "compiled": True},
+        "bpttlab, torch ops": {"kernel": "bpttlab", "onednn": False, "compiled": False},
     }
     times: dict[str, list[float]] = {name: [] for name in kernels}
     for round_ in range(repeats + 1):
         for name, settings in kernels.items():
             cell.kernel, cell.onednn = settings["kernel"], settings["onednn"]
+            use_compiled(settings["compiled"])
             cell.zero_grad(set_to_none=True)
             x.grad = None
             start = time.perf_counter()
@@ -89,6 +93,7 @@ def time_kernels(kind: str, B: int, T: int, E: int, H: int, repeats: int) -> dic
             (y.sum() + sum(s.sum() for s in final)).backward()
             if round_ > 0:
                 times[name].append(time.perf_counter() - start)
+    use_compiled(True)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -96,7 +101,8 @@ def kernel_table(args: argparse.Namespace, ceiling: float) -> None:
     B, T, E, H = args.batch, args.seq_len, args.embedding, args.hidden
     print(f"\ntraining kernels, one layer, forward + backward, median of {args.repeats}")
     header = f"{'cell':<6}{'native ms':>11}{'oneDNN ms':>11}{'bpttlab ms':>12}"
-    print(f"{header}{'fastest torch/bpttlab':>23}{'GFLOP/s':>9}{'of GEMM':>9}")
+    header += f"{'fastest torch/bpttlab':>23}{'GFLOP/s':>9}{'of GEMM':>9}"
+    print(f"{header}{'torch-ops steps ms':>20}{'compiled speed-up':>19}")
     for kind in [k for k in args.cells.split(",") if k in GATES]:
         times = time_kernels(kind, B, T, E, H, args.repeats)
         fastest = min(times["torch native"], times["torch oneDNN"])
@@ -104,7 +110,8 @@ def kernel_table(args: argparse.Namespace, ceiling: float) -> None:
         print(
             f"{kind:<6}{1000 * times['torch native']:11.1f}{1000 * times['torch oneDNN']:11.1f}"
             f"{1000 * times['bpttlab']:12.1f}{fastest / times['bpttlab']:23.2f}{rate:9.1f}"
-            f"{rate / ceiling:9.0%}"
+            f"{rate / ceiling:9.0%}{1000 * times['bpttlab, torch ops']:20.1f}"
+            f"{times['bpttlab, torch ops'] / times['bpttlab']:19.2f}"
         )
 
 
