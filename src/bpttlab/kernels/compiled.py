@@ -145,11 +145,12 @@ def compile_to(target: Path, compiler: str, source: Path) -> str | None:
 def cache_dir() -> Path:
     """Where compiled libraries are kept: the user's cache, else a folder in the temp dir; only
     a folder this user owns (a library loaded from it runs as this user)."""
+    user = os.getuid() if hasattr(os, "getuid") else None  # None: no user ids (Windows)
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bpttlab"
-    for folder in (base, Path(tempfile.gettempdir()) / f"bpttlab-{os.getuid()}"):
+    for folder in (base, Path(tempfile.gettempdir()) / f"bpttlab-{user}"):
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            owned = folder.stat().st_uid == os.getuid()
+            owned = user is None or folder.stat().st_uid == user
         except OSError:
             continue
         if owned and os.access(folder, os.W_OK):
