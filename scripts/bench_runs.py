@@ -21,8 +21,8 @@ Both run with one torch thread (``threads=1``), so that a busy machine does not 
    alternated A B A B on every core: each run's own training time (metrics.json's
    ``wall_seconds``), its minor page faults per step and its peak resident memory, medians.
 
-4. Compiled steps. The same run with the GRU (bpttlab's GRU kernel, the GRU's default), and
-   with the LSTM probed every 10 steps (probed steps run bpttlab's LSTM kernel), each with
+4. Compiled steps. The same run with the RNN and the GRU (bpttlab's kernels, their default),
+   and with the LSTM probed every 10 steps (probed steps run bpttlab's LSTM kernel), each with
    ``compiled_kernels=true`` (the default) against ``false``, alternated, medians.
 """
 
@@ -52,6 +52,7 @@ ALLOCATOR_RUN = [
     "trainer.enable_progress_bar=false",
 ]
 COMPILED_RUNS = {
+    "RNN, no probes": [*ALLOCATOR_RUN, "cell=rnn"],
     "GRU, no probes": [*ALLOCATOR_RUN, "cell=gru"],
     "LSTM, probes every 10 steps": [
         *(a for a in ALLOCATOR_RUN if a != "~callbacks.grad_flow"),

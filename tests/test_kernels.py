@@ -1,8 +1,8 @@
 """bpttlab's kernels (``bpttlab.kernels``) against the equations written out here as a plain
 float64 loop: outputs, final state and the gradients with respect to the inputs, the initial
 state and all four weights, under an upstream gradient on every output and on the final state;
-then gradcheck on a tiny size, float32 agreement with torch's nn.RNN/nn.GRU/nn.LSTM, the GRU's
-and LSTM's float32 steps (compiled C and torch operations) against the equations in float64,
+then gradcheck on a tiny size, float32 agreement with torch's nn.RNN/nn.GRU/nn.LSTM, the
+kernels' float32 steps (compiled C and torch operations) against the equations in float64,
 sinks included, and the cells' fast path with kernel="bpttlab" against their unrolled path."""
 
 from __future__ import annotations
@@ -22,12 +22,17 @@ B, T, E, H = 3, 11, 4, 5
 KINDS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]
 
 
-def elman_reference(x, h, w_ih, w_hh, b_ih, b_hh, activation):
+def elman_reference_with_states(x, h, w_ih, w_hh, b_ih, b_hh, activation):
+    """(outputs, final h, every h_t as later steps use it)."""
     outputs = []
     for t in range(x.shape[1]):
         h = activation(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
         outputs.append(h)
-    return torch.stack(outputs, 1), h
+    return torch.stack(outputs, 1), h, outputs
+
+
+def elman_reference(*args):
+    return elman_reference_with_states(*args)[:2]
 
 
 def gru_reference_with_states(x, h, w_ih, w_hh, b_ih, b_hh):
@@ -175,8 +180,7 @@ def test_float32_agrees_with_torch(kind):
 
 @pytest.fixture(params=["compiled", "torch"])
 def step_work(request):
-    """The GRU and LSTM kernels' step element-wise work in C or as torch operations, then as
-    before."""
+    """The kernels' step element-wise work in C or as torch operations, then as before."""
     wanted = request.param == "compiled"
     if wanted and shutil.which(compiled.c_compiler()) is None:
         pytest.skip("no C compiler here: the kernels' steps cannot be compiled")
@@ -186,17 +190,25 @@ def step_work(request):
 
 
 STATES_REFERENCES = {
+    "rnn_tanh": (("h",), lambda *a: elman_reference_with_states(*a, torch.tanh)),
+    "rnn_relu": (("h",), lambda *a: elman_reference_with_states(*a, torch.relu)),
     "gru": (("h",), gru_reference_with_states),
     "lstm": (("h", "c"), lstm_reference_with_states),
 }
 
 
-@pytest.mark.parametrize("kind", ["gru", "lstm"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_float32_steps_match_the_equations_in_float64(kind, step_work):
     """The float32 kernel (B=8, T=60, H=32 from a non-zero state), its steps compiled or as
     torch operations: outputs, final state, every gradient and the sinks' dL/d(state)_t at
     every step equal the float64 equations' to float32 rounding."""
     kernel, _, _, tensors = problem(kind, torch.float32, batch=8, steps=60, inputs=6, hidden=32)
+    if kind.startswith("rnn"):  # its sink comes after the nonlinearity
+        nonlinearity = kind.split("_")[1]
+
+        def kernel(*args):
+            return kernels.rnn(*args[:-1], nonlinearity, args[-1])
+
     names, reference = STATES_REFERENCES[kind]
     T, H = 60, 32
     zero = torch.zeros(1, 1, 1, requires_grad=True)

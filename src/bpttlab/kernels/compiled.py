@@ -26,7 +26,7 @@ SOURCES = Path(__file__).parent
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared"]
 LINK = ["-lmvec", "-lm"]  # glibc's vector maths (expf over 8 or 16 floats at once)
 
-STEP_SOURCES = ("lstm_step", "gru_step")  # the kernels' step functions, one C file each
+STEP_SOURCES = ("rnn_step", "gru_step", "lstm_step")  # the kernels' step functions, one C file each
 
 _wanted = True
 

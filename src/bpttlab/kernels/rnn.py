@@ -1,11 +1,85 @@
-"""The Elman RNN kernel: h_t = g(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), g = tanh or relu."""
+"""The Elman RNN kernel: h_t = g(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), g = tanh or relu.
+
+Each step's GEMM runs in torch; its element-wise work (the activation forward, the slope and
+the hand-over of dL/dy backward) runs in C (rnn_step.c) for float32 on CPU where the C library
+could be built (``bpttlab.kernels.compiled``), else as torch operations (``TorchSteps``).
+"""
 
 from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from bpttlab.kernels import compiled
 from bpttlab.kernels.activation import tanh
+
+
+@dataclass
+class Buffers:
+    """One run's time-major buffers; the backward's are None in the forward."""
+
+    hs: Tensor  # (T + 1, B, H): h0, then each step's pre-activation, then its state
+    relu: bool  # the activation: relu, else tanh
+    grad_pre: Tensor | None = None  # (T, B, H): dL/d(pre-activation)
+    grad_h: Tensor | None = None  # (B, H): dL/dh_t of the step being run back through
+    grad_y: Tensor | None = None  # (B, T, H): dL/dy from above
+
+
+class TorchSteps:
+    """The element-wise work of each step as torch operations (any dtype and device)."""
+
+    def __init__(self, buffers: Buffers, sink: Tensor | None):
+        self.buffers, self.sink = buffers, sink
+        if buffers.grad_pre is None:
+            return
+        h = buffers.hs[1:]
+        if buffers.relu:
+            torch.gt(h, 0, out=buffers.grad_pre)  # each step's slope, times dL/dh in its step
+        else:
+            torch.addcmul(h.new_ones(()), h, h, value=-1, out=buffers.grad_pre)
+        self.grad_y = buffers.grad_y.transpose(0, 1)
+
+    def forward(self, t: int) -> None:
+        pre = self.buffers.hs[t + 1]
+        if self.buffers.relu:
+            pre.relu_()
+        else:
+            tanh(pre, out=pre)
+
+    def backward(self, t: int) -> None:
+        grad_h = self.buffers.grad_h
+        if self.sink is not None:
+            self.sink[t] = grad_h
+        self.buffers.grad_pre[t].mul_(grad_h)
+        if t > 0:
+            grad_h.copy_(self.grad_y[t - 1])
+        else:
+            grad_h.zero_()
+
+
+class CompiledBuffers(ctypes.Structure):
+    """``rnn_buffers`` of rnn_step.c: the buffers' addresses (0 for none) and sizes."""
+
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in ("hs", "grad_pre", "grad_h", "grad_y", "sink")),
+        *((name, ctypes.c_long) for name in ("batch", "hidden", "steps", "relu")),
+    ]
+
+
+def step_functions(buffers: Buffers, sink: Tensor | None = None):
+    """The compiled steps (rnn_step.c) for float32 on CPU where they are built, else torch's."""
+    b = buffers
+    if b.hs.dtype == torch.float32 and b.hs.device.type == "cpu":
+        T, B, H = b.hs.shape[0] - 1, b.hs.shape[1], b.hs.shape[2]
+        tensors = (b.hs, b.grad_pre, b.grad_h, b.grad_y, sink)
+        struct = CompiledBuffers(*compiled.addresses(*tensors), B, H, T, b.relu)
+        steps = compiled.steps("rnn_step", struct, tensors)
+        if steps is not None:
+            return steps
+    return TorchSteps(buffers, sink)
 
 
 class ElmanRecurrence(torch.autograd.Function):
@@ -17,14 +91,13 @@ class ElmanRecurrence(torch.autograd.Function):
         hs = x.new_empty(T + 1, B, H)  # h0, then each step's input projection, then its state
         hs[0] = h0
         torch.addmm(b_ih + b_hh, inputs.view(T * B, -1), w_ih.t(), out=hs[1:].view(T * B, H))
-        w_hh_t = w_hh.t()
+        relu = nonlinearity == "relu"
+        steps = step_functions(Buffers(hs, relu))
+        w_hh_t, h = w_hh.t(), hs.unbind(0)
         for t in range(T):
-            pre = hs[t + 1].addmm_(hs[t], w_hh_t)
-            if nonlinearity == "tanh":
-                tanh(pre, out=pre)
-            else:
-                pre.relu_()
-        ctx.nonlinearity = nonlinearity
+            h[t + 1].addmm_(h[t], w_hh_t)
+            steps.forward(t)
+        ctx.relu = relu
         ctx.save_for_backward(inputs, hs, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
 
@@ -32,22 +105,21 @@ class ElmanRecurrence(torch.autograd.Function):
     def backward(ctx, grad_y, grad_final):
         inputs, hs, w_ih, w_hh = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        slope = 1 - hs[1:] * hs[1:] if ctx.nonlinearity == "tanh" else (hs[1:] > 0).to(hs.dtype)
-        grad_y = grad_y.transpose(0, 1)
-        grad_pre = slope  # each step's slope becomes its pre-activation gradient, in place
-        grad_h = grad_y[T - 1] + grad_final
-        grad_sink = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
+        grad_y = grad_y.contiguous()
+        grad_h = (grad_y[:, T - 1] + grad_final).contiguous()
+        grad_pre = hs.new_empty(T, B, H)
+        sink = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
+        steps = step_functions(Buffers(hs, ctx.relu, grad_pre, grad_h, grad_y), sink)
+        grad_pre_steps = grad_pre.unbind(0)
         for t in range(T - 1, -1, -1):
-            if grad_sink is not None:
-                grad_sink[t] = grad_h
-            grad_pre[t].mul_(grad_h)
-            grad_h = torch.addmm(grad_y[t - 1], grad_pre[t], w_hh) if t > 0 else grad_pre[t] @ w_hh
+            steps.backward(t)
+            grad_h.addmm_(grad_pre_steps[t], w_hh)
         flat = grad_pre.view(T * B, H)
         grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_w_ih = flat.t().mm(inputs.view(T * B, -1))
         grad_w_hh = flat.t().mm(hs[:-1].reshape(T * B, H))
         grad_bias = flat.sum(0)
-        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone(), None, grad_sink
+        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone(), None, sink
 
 
 def rnn(
