@@ -625,7 +625,7 @@ def print_header(env: dict, cfg: Config, quick: bool) -> None:
         f"CPUs: {env['cpu_count']} (usable {env['cpus_usable']}), "
         f"torch.get_num_threads() = {env['torch_threads']}, "
         f"load average at start {env['load_average_at_start']}, "
-        f"compiled GRU and LSTM steps: {env['compiled_steps']}"
+        f"compiled kernel steps: {env['compiled_steps']}"
     )
     print(
         f"LSTM hidden {cfg.hidden}, embedding {cfg.embedding}, batch {cfg.batch}, "

@@ -136,7 +136,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(
         f"{name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"compiled GRU and LSTM steps: {compiled_in_effect()}"
+        f"compiled kernel steps: {compiled_in_effect()}"
     )
     print(f"B={B} T={T} E={E} H={H}, forward + backward, median of {args.repeats}")
     print(f"GEMM ceiling (float32 2048^3): {ceiling:.0f} GFLOP/s")
