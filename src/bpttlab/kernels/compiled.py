@@ -126,9 +126,9 @@ def unavailable(name: str, why: str) -> None:
 
 
 def compile_to(target: Path, compiler: str, source: Path) -> str | None:
-    """Build ``source`` into ``target`` (atomically: concurrent workers may build it too);
-    return why it failed, or None."""
-    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    """Build ``source`` into ``target`` (atomically: concurrent workers, on this machine or on
+    others sharing the cache folder, may build it too); return why it failed, or None."""
+    partial = target.with_name(f"{target.name}.{platform.node()}.{os.getpid()}.partial")
     command = [compiler, *FLAGS, str(source), "-o", str(partial), *LINK]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
