@@ -10,9 +10,10 @@ repeats after a warm-up. On CPU a second table times the training kernels of rnn
 kernel and bpttlab's own (``cell.kernel=bpttlab``), its steps compiled (the default) and as
 torch operations (``compiled_kernels=false``), in alternation (A B C D A B C D ...), with the
 ratio of the fastest torch kernel's time to bpttlab's (> 1: bpttlab is faster) and the
-compiled steps' speed-up. Subnormals
-are flushed and freed memory kept (``bpttlab.allocator``), as in training runs. On a machine shared with other jobs, OMP_WAIT_POLICY=passive
-keeps idle OpenMP threads from spinning against them (else timings can jump a hundredfold). Also a GEMM ceiling measured in the same run (a large float32 matrix
+compiled steps' speed-up. Subnormals are flushed and freed memory kept
+(``bpttlab.allocator``), as in training runs. On a machine shared with other jobs,
+OMP_WAIT_POLICY=passive keeps idle OpenMP threads from spinning against them (else timings can
+jump a hundredfold). Also a GEMM ceiling measured in the same run (a large float32 matrix
 product), and for the torch-backed cells their GFLOP/s (forward + backward of the recurrence:
 about 3 x 2 x T x B x gates x H x (E + H) flops). On CPU the LSTM is shown with oneDNN's kernel
 and with the native one; on CUDA the fast path of rnn/lstm/gru is cuDNN's.

@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name:28s} {on:7.2f} s compiled, {off:7.2f} s not: {result['speedup']:.2f}x")
     print(f"load average at end {[round(v, 2) for v in os.getloadavg()]}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Keep freed memory in the process for reuse (glibc's malloc, on Linux).
 
 By default glibc gives every allocation above its mmap threshold (128 KiB, rising to at most
-32 MiB) fresh pages of its own from the kernel and returns them when it is freed; a training step that allocates a few such tensors (oneDNN's
-LSTM workspace, a long sequence's activations) then pays a page fault for every 4 KiB page it
-touches, every step: measured on a 2-core VM, 16,000 faults and a third of an LSTM step's time
+32 MiB) fresh pages of its own from the kernel and returns them when it is freed; a training
+step that allocates a few such tensors (oneDNN's LSTM workspace, a long sequence's
+activations) then pays a page fault for every 4 KiB page it touches, every step: measured on a 2-core VM, 16,000 faults and a third of an LSTM step's time
 (README, Benchmarks). With ``keep_freed_memory`` (the default) allocations come from the heap
 and freed memory stays there (up to 2 GiB at its top) for the next step to reuse: the process's
 resident memory stays near its peak instead of shrinking between steps, and a heap of mixed

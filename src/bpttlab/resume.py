@@ -13,7 +13,8 @@ from bpttlab.outcome import one_line
 from bpttlab.validation import ConfigError
 
 MAY_CHANGE = ("trainer.max_steps", "resume", "keep_freed_memory")
-"""Keys a resumed run may set differently from the run it continues: the budget."""
+"""Keys a resumed run may set differently from the run it continues: the budget, and settings
+that change only its speed."""
 
 
 def checkpoint_path(cfg: DictConfig) -> Path:

@@ -22,6 +22,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
+
 SOURCES = Path(__file__).parent
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared"]
 LINK = ["-lmvec", "-lm"]  # glibc's vector maths (expf over 8 or 16 floats at once)
@@ -71,15 +73,16 @@ class CompiledSteps:
         self.backward_step(self.address, t)
 
 
-def steps(name: str, buffers: ctypes.Structure, tensors: tuple) -> CompiledSteps | None:
-    """``<name>.c``'s step functions over ``buffers``, or None where it is not compiled."""
-    compiled = library(name)
-    return None if compiled is None else CompiledSteps(compiled, buffers, tensors)
-
-
-def addresses(*tensors) -> list[int | None]:
-    """The data addresses of ``tensors`` for a buffers struct (None for a missing one)."""
-    return [None if t is None else t.data_ptr() for t in tensors]
+def steps(name: str, struct: type[ctypes.Structure], tensors: tuple, *sizes: int):
+    """``<name>.c``'s step functions over a ``struct`` of the addresses of ``tensors`` (None for
+    a missing one) and ``sizes``; None where they do not apply (not float32 on CPU) or are not
+    compiled."""
+    like = next(t for t in tensors if t is not None)
+    compiled = library(name) if like.dtype == torch.float32 and like.device.type == "cpu" else None
+    if compiled is None:
+        return None
+    addresses = [None if t is None else t.data_ptr() for t in tensors]
+    return CompiledSteps(compiled, struct(*addresses, *sizes), tensors)
 
 
 @functools.cache

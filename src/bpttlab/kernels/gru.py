@@ -90,16 +90,12 @@ class CompiledBuffers(ctypes.Structure):
 
 
 def step_functions(buffers: Buffers, sink: Tensor | None = None):
-    """The compiled steps (gru_step.c) for float32 on CPU where they are built, else torch's."""
+    """The compiled steps (gru_step.c) where they apply and are built, else torch's."""
     b = buffers
-    if b.gates.dtype == torch.float32 and b.gates.device.type == "cpu":
-        T, B, H = b.new.shape
-        tensors = (b.projected, b.gates, b.new, b.hs, b.grad_gates, b.grad_h, b.grad_y, sink)
-        struct = CompiledBuffers(*compiled.addresses(*tensors), B, H, T)
-        steps = compiled.steps("gru_step", struct, tensors)
-        if steps is not None:
-            return steps
-    return TorchSteps(buffers, sink)
+    T, B, H = b.new.shape
+    tensors = (b.projected, b.gates, b.new, b.hs, b.grad_gates, b.grad_h, b.grad_y, sink)
+    steps = compiled.steps("gru_step", CompiledBuffers, tensors, B, H, T)
+    return steps or TorchSteps(buffers, sink)
 
 
 class GRURecurrence(torch.autograd.Function):

@@ -108,16 +108,13 @@ class CompiledBuffers(ctypes.Structure):
 
 
 def step_functions(buffers: Buffers, sink_h: Tensor | None = None, sink_c: Tensor | None = None):
-    """The compiled steps (lstm_step.c) for float32 on CPU where they are built, else torch's."""
+    """The compiled steps (lstm_step.c) where they apply and are built, else torch's."""
     b = buffers
-    if b.gates.dtype == torch.float32 and b.gates.device.type == "cpu":
-        tensors = (b.gates, b.cs, b.hs, b.squashed_cells, b.grad_gates, b.grad_h, b.grad_c)
-        tensors += (sink_h, sink_c)
-        struct = CompiledBuffers(*compiled.addresses(*tensors), b.hs.shape[1], b.hs.shape[2])
-        steps = compiled.steps("lstm_step", struct, tensors)
-        if steps is not None:
-            return steps
-    return TorchSteps(buffers, sink_h, sink_c)
+    tensors = (b.gates, b.cs, b.hs, b.squashed_cells, b.grad_gates, b.grad_h, b.grad_c)
+    tensors += (sink_h, sink_c)
+    sizes = b.hs.shape[1], b.hs.shape[2]
+    steps = compiled.steps("lstm_step", CompiledBuffers, tensors, *sizes)
+    return steps or TorchSteps(buffers, sink_h, sink_c)
 
 
 class LSTMRecurrence(torch.autograd.Function):

@@ -70,16 +70,12 @@ class CompiledBuffers(ctypes.Structure):
 
 
 def step_functions(buffers: Buffers, sink: Tensor | None = None):
-    """The compiled steps (rnn_step.c) for float32 on CPU where they are built, else torch's."""
+    """The compiled steps (rnn_step.c) where they apply and are built, else torch's."""
     b = buffers
-    if b.hs.dtype == torch.float32 and b.hs.device.type == "cpu":
-        T, B, H = b.hs.shape[0] - 1, b.hs.shape[1], b.hs.shape[2]
-        tensors = (b.hs, b.grad_pre, b.grad_h, b.grad_y, sink)
-        struct = CompiledBuffers(*compiled.addresses(*tensors), B, H, T, b.relu)
-        steps = compiled.steps("rnn_step", struct, tensors)
-        if steps is not None:
-            return steps
-    return TorchSteps(buffers, sink)
+    T, B, H = b.hs.shape[0] - 1, b.hs.shape[1], b.hs.shape[2]
+    tensors = (b.hs, b.grad_pre, b.grad_h, b.grad_y, sink)
+    steps = compiled.steps("rnn_step", CompiledBuffers, tensors, B, H, T, b.relu)
+    return steps or TorchSteps(buffers, sink)
 
 
 class ElmanRecurrence(torch.autograd.Function):
