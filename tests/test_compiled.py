@@ -1,7 +1,7 @@
-"""The compiled steps' build (``bpttlab.kernels.compiled``), each in a fresh Python process
-with a cache folder of its own: built once and reused, loaded without touching the process's
-floating-point settings, and replaced by torch operations with one warning where no compiler
-runs."""
+"""The compiled step loops' build (``bpttlab.kernels.compiled``), each in a fresh Python
+process with a cache folder of its own: built once and reused, loaded without touching the
+process's floating-point settings, and replaced by torch operations with one warning where no
+compiler runs or torch has no BLAS to hand them; their GEMMs are torch's own."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from bpttlab.kernels import compiled
 
@@ -71,13 +72,25 @@ def test_a_cached_library_that_does_not_load_is_built_again(tmp_path):
     assert all(p.read_bytes()[:4] == b"\x7fELF" for p in (tmp_path / "bpttlab").iterdir())
 
 
-def test_without_a_compiler_the_steps_run_as_torch_operations_with_one_warning(tmp_path):
-    """CC names no program: one warning, no library, the same gradients to float32 rounding
-    as the compiled steps."""
-    fallback = run_python(TRAIN, tmp_path / "none", CC=str(tmp_path / "no-such-cc"))
+NO_BLAS = (
+    "from bpttlab.kernels import compiled\n"
+    "compiled.blas_gemm = lambda: None  # as with a torch whose libraries export no sgemm_\n"
+)
+
+
+@pytest.mark.parametrize("cause", ["no compiler", "no BLAS"])
+def test_without_a_compiler_or_blas_the_loops_run_as_torch_operations_with_one_warning(
+    tmp_path, cause
+):
+    """CC names no program, or torch's libraries export no BLAS: one warning per library, no
+    library, the same gradients to float32 rounding as the compiled loops."""
+    if cause == "no compiler":
+        fallback = run_python(TRAIN, tmp_path / "none", CC=str(tmp_path / "no-such-cc"))
+    else:
+        fallback = run_python(NO_BLAS + TRAIN, tmp_path / "none")
     assert fallback.returncode == 0, fallback.stderr
     for name in compiled.STEP_SOURCES:
-        assert fallback.stderr.count(f"could not compile {name}.c") == 1
+        assert fallback.stderr.count(f"cannot run {name}.c") == 1
     assert not (tmp_path / "none" / "bpttlab").exists() or not any(
         (tmp_path / "none" / "bpttlab").iterdir()
     )
@@ -88,6 +101,23 @@ def test_without_a_compiler_the_steps_run_as_torch_operations_with_one_warning(t
     )
     assert (in_effect, compiled_in_effect) == ("False", "True")
     assert float(grad) == pytest.approx(float(compiled_grad), rel=1e-5)
+
+
+def test_the_compiled_loops_multiply_with_torchs_own_blas():
+    """``blas_gemm`` is the sgemm_ torch's matrix products run on: a relu RNN's forward (its
+    GEMMs, then an exact max(x, 0)) is bitwise the same compiled and as torch operations."""
+    from bpttlab.kernels import rnn
+
+    g = torch.Generator().manual_seed(0)
+    x, h0 = torch.randn(16, 50, 24, generator=g), torch.randn(16, 64, generator=g)
+    weights = [torch.randn(*shape, generator=g) / 8 for shape in ((64, 24), (64, 64), (64,), (64,))]
+    outputs = {}
+    for wanted in (True, False):
+        assert compiled.use_compiled(wanted) is wanted
+        outputs[wanted] = rnn(x, h0, *weights, "relu")[0]
+    compiled.use_compiled(True)
+    assert outputs[True].abs().max() > 1
+    assert torch.equal(outputs[True], outputs[False])
 
 
 def test_loading_the_library_keeps_subnormals(tmp_path):

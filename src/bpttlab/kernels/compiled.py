@@ -1,13 +1,15 @@
-"""C step functions shipped with bpttlab, compiled with the machine's C compiler at first use.
+"""C step loops shipped with bpttlab, compiled with the machine's C compiler at first use.
 
-A kernel's step loop does a dozen small element-wise operations per timestep; as torch
-operations each costs a dispatch and a pass over memory, in C they are one pass. The library is
+A kernel's step loop runs one small GEMM and a dozen small element-wise operations per
+timestep; as torch operations each costs a dispatch from Python and a pass over memory. In C a
+step is one call of the BLAS ``sgemm_`` torch itself multiplies matrices with (found in torch's
+libraries, so the products are torch's) and one pass for the element-wise work. The library is
 built once per source, compiler and CPU (``-march=native``) into ``$XDG_CACHE_HOME/bpttlab``
 (``~/.cache/bpttlab`` by default) and loaded with ctypes. Where there is no C compiler (``$CC``,
-else ``cc``) or no glibc vector maths, or the build fails, ``library`` returns None with one
-warning and the kernels run those steps as torch operations: the same equations, slower, and
-different in the last bits of float32. ``use_compiled(False)`` (``compiled_kernels=false``)
-chooses the torch operations.
+else ``cc``), no glibc vector maths or no BLAS in torch's libraries, or the build fails,
+``library`` returns None with one warning and the kernels run those loops as torch operations:
+the same equations, slower, and different in the last bits of float32. ``use_compiled(False)``
+(``compiled_kernels=false``) chooses the torch operations.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ SOURCES = Path(__file__).parent
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared"]
 LINK = ["-lmvec", "-lm"]  # glibc's vector maths (expf over 8 or 16 floats at once)
 
-STEP_SOURCES = ("rnn_step", "gru_step", "lstm_step")  # the kernels' step functions, one C file each
+STEP_SOURCES = ("rnn_step", "gru_step", "lstm_step")  # the kernels' step loops, one C file each
 
 _wanted = True
 
@@ -52,44 +54,63 @@ def c_compiler() -> str:
 
 
 def library(name: str) -> ctypes.CDLL | None:
-    """The compiled ``<name>.c`` of this package, or None (not wanted, or it cannot be built)."""
+    """The compiled ``<name>.c`` of this package, or None (not wanted, or it cannot be built or
+    has no BLAS to run its GEMMs)."""
     return build(name) if _wanted else None
 
 
+@functools.cache
+def blas_gemm() -> int | None:
+    """The address of ``sgemm_`` in torch's libraries (the BLAS its CPU matrix products run on,
+    MKL in the x86 wheels), or None."""
+    folder = Path(torch.__file__).parent / "lib"
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        try:
+            return ctypes.cast(ctypes.CDLL(str(folder / name)).sgemm_, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
 class CompiledSteps:
-    """A kernel's step functions from ``<name>.c``, ``forward_step(buffers, t)`` and
-    ``backward_step(buffers, t)``, over one run's ``buffers`` (a ctypes Structure holding
-    addresses into ``tensors``, which this keeps alive)."""
+    """A kernel's step loops from ``<name>.c``, ``forward(buffers)`` and ``backward(buffers)``,
+    over one run's ``buffers`` (a ctypes Structure holding addresses into ``tensors``, which
+    this keeps alive)."""
 
     def __init__(self, library: ctypes.CDLL, buffers: ctypes.Structure, tensors: tuple):
         self.buffers, self.tensors = buffers, tensors
         self.address = ctypes.addressof(buffers)
-        self.forward_step, self.backward_step = library.forward_step, library.backward_step
+        self.library = library
 
-    def forward(self, t: int) -> None:
-        self.forward_step(self.address, t)
+    def forward(self) -> None:
+        self.library.forward(self.address)
 
-    def backward(self, t: int) -> None:
-        self.backward_step(self.address, t)
+    def backward(self) -> None:
+        self.library.backward(self.address)
 
 
 def steps(name: str, struct: type[ctypes.Structure], tensors: tuple, *sizes: int):
-    """``<name>.c``'s step functions over a ``struct`` of the addresses of ``tensors`` (None for
-    a missing one) and ``sizes``; None where they do not apply (not float32 on CPU) or are not
-    compiled."""
+    """``<name>.c``'s step loops over a ``struct`` of the addresses of ``tensors`` (None for a
+    missing one), ``sizes`` and the BLAS ``sgemm_``; None where they do not apply (not float32
+    on CPU) or are not compiled."""
     like = next(t for t in tensors if t is not None)
     compiled = library(name) if like.dtype == torch.float32 and like.device.type == "cpu" else None
     if compiled is None:
         return None
+    if not all(t is None or t.is_contiguous() for t in tensors):
+        raise ValueError(f"{name}.c reads contiguous buffers only")
     addresses = [None if t is None else t.data_ptr() for t in tensors]
-    return CompiledSteps(compiled, struct(*addresses, *sizes), tensors)
+    return CompiledSteps(compiled, struct(*addresses, *sizes, blas_gemm()), tensors)
 
 
 @functools.cache
 def build(name: str) -> ctypes.CDLL | None:
     """``<name>.c`` loaded from the cache, built first where it is not there or does not load
-    (a damaged file, or one built against another C library)."""
+    (a damaged file, or one built against another C library); None, with one warning, where it
+    cannot be built or torch has no BLAS for its GEMMs."""
     source = SOURCES / f"{name}.c"
+    if blas_gemm() is None:
+        return unavailable(name, "torch's libraries export no BLAS sgemm_ for its GEMMs")
     if not source.is_file():
         return unavailable(name, f"{source} is missing")
     target = library_path(source)
@@ -111,20 +132,20 @@ def library_path(source: Path) -> Path:
 
 
 def load(target: Path) -> ctypes.CDLL | None:
-    """The library at ``target`` with its step functions typed, or None if it does not load."""
+    """The library at ``target`` with its step loops typed, or None if it does not load."""
     try:
         library = ctypes.CDLL(str(target))
-        functions = library.forward_step, library.backward_step
+        functions = library.forward, library.backward
     except (OSError, AttributeError):
         return None
     for function in functions:
-        function.argtypes, function.restype = [ctypes.c_void_p, ctypes.c_long], None
+        function.argtypes, function.restype = [ctypes.c_void_p], None
     return library
 
 
 def unavailable(name: str, why: str) -> None:
     """Warn (once per process: ``build`` is cached) that ``name`` runs uncompiled."""
-    message = f"bpttlab could not compile {name}.c ({why}); its kernel runs its steps as torch "
+    message = f"bpttlab cannot run {name}.c ({why}); its kernel runs its step loops as torch "
     warnings.warn(message + "operations (slower)", stacklevel=3)
 
 

@@ -5,10 +5,10 @@ n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h.
 The backward multiplies each step's incoming dL/dh by the step's gate factors, giving
 dL/d(n pre-activation, r and z pre-activations, W_hn h + b_hn) in that order: the first three
 columns are the input side (dW_ih, dx) and the last three the hidden side (dW_hh and the step's
-GEMM), each one contiguous block. Each step's GEMM runs in torch; its element-wise work runs in
-C (gru_step.c) for float32 on CPU where the C library could be built
-(``bpttlab.kernels.compiled``), else as torch operations (``TorchSteps``, which compute the
-backward's factors for all timesteps at once before the loop).
+GEMM), each one contiguous block. The step loops run in C (gru_step.c: each step's GEMM by
+torch's BLAS, then its element-wise work in one pass) for float32 on CPU where the C library
+could be built (``bpttlab.kernels.compiled``), else as torch operations (``TorchSteps``, which
+compute the backward's factors for all timesteps at once before the loop).
 """
 
 from __future__ import annotations
@@ -31,13 +31,14 @@ class Buffers:
     gates: Tensor  # (T, B, 3H): sigmoid(r), sigmoid(z), W_hn h + b_hn
     new: Tensor  # (T, B, H): n_t
     hs: Tensor  # (T + 1, B, H)
+    weights: Tensor  # (3H, H): W_hh
     grad_gates: Tensor | None = None  # (T, B, 4H): dL/d(n pre, r pre, z pre, W_hn h + b_hn)
     grad_h: Tensor | None = None  # (B, H): dL/dh_t of the step being run back through
     grad_y: Tensor | None = None  # (B, T, H): dL/dy from above
 
 
 class TorchSteps:
-    """The element-wise work of each step as torch operations (any dtype and device)."""
+    """The step loops as torch operations (any dtype and device)."""
 
     def __init__(self, buffers: Buffers, sink: Tensor | None):
         T, B, H = buffers.new.shape
@@ -57,7 +58,24 @@ class TorchSteps:
         self.z = z.view(T, B, H)
         self.grad_y = buffers.grad_y.transpose(0, 1)
 
-    def forward(self, t: int) -> None:
+    def forward(self) -> None:
+        """Every step: the gate rows are the input side plus W_hh h_t + b_hh, then the gates."""
+        b, H = self.buffers, self.H
+        gate_inputs = b.projected[:, :, : 3 * H].unbind(0)
+        gate, h, weights_t = b.gates.unbind(0), b.hs.unbind(0), b.weights.t()
+        for t in range(len(gate)):
+            torch.addmm(gate_inputs[t], h[t], weights_t, out=gate[t])
+            self.forward_step(t)
+
+    def backward(self) -> None:
+        """Every step back from grad_h = dL/dh_T; leaves dL/dh_0 in it."""
+        b = self.buffers
+        hidden_side_steps = b.grad_gates[:, :, self.H :].unbind(0)
+        for t in range(len(hidden_side_steps) - 1, -1, -1):
+            self.backward_step(t)
+            b.grad_h.addmm_(hidden_side_steps[t], b.weights)
+
+    def forward_step(self, t: int) -> None:
         b, H = self.buffers, self.H
         gate, new_t = b.gates[t], b.new[t]
         reset, update, hidden_new = gate.unflatten(1, (3, H)).unbind(1)
@@ -65,7 +83,7 @@ class TorchSteps:
         tanh(torch.addcmul(b.projected[t, :, 3 * H :], reset, hidden_new, out=new_t), out=new_t)
         torch.sub(b.hs[t], new_t, out=b.hs[t + 1]).mul_(update).add_(new_t)
 
-    def backward(self, t: int) -> None:
+    def backward_step(self, t: int) -> None:
         grad_h = self.buffers.grad_h
         if self.sink is not None:
             self.sink[t] = grad_h
@@ -77,23 +95,22 @@ class TorchSteps:
 
 
 class CompiledBuffers(ctypes.Structure):
-    """``gru_buffers`` of gru_step.c: the buffers' addresses (0 for none) and sizes."""
+    """``gru_buffers`` of gru_step.c: the buffers' addresses (0 for none), sizes and sgemm."""
 
     _fields_ = [
         *((name, ctypes.c_void_p) for name in (
-            "projected", "gates", "new", "hs", "grad_gates", "grad_h", "grad_y", "sink"
+            "projected", "gates", "new", "hs", "grad_gates", "grad_h", "grad_y", "sink", "weights"
         )),
-        ("batch", ctypes.c_long),
-        ("hidden", ctypes.c_long),
-        ("steps", ctypes.c_long),
+        *((name, ctypes.c_long) for name in ("batch", "hidden", "steps")),
+        ("gemm", ctypes.c_void_p),
     ]  # fmt: skip
 
 
 def step_functions(buffers: Buffers, sink: Tensor | None = None):
-    """The compiled steps (gru_step.c) where they apply and are built, else torch's."""
+    """The compiled step loops (gru_step.c) where they apply and are built, else torch's."""
     b = buffers
     T, B, H = b.new.shape
-    tensors = (b.projected, b.gates, b.new, b.hs, b.grad_gates, b.grad_h, b.grad_y, sink)
+    tensors = (b.projected, b.gates, b.new, b.hs, b.grad_gates, b.grad_h, b.grad_y, sink, b.weights)
     steps = compiled.steps("gru_step", CompiledBuffers, tensors, B, H, T)
     return steps or TorchSteps(buffers, sink)
 
@@ -110,13 +127,8 @@ class GRURecurrence(torch.autograd.Function):
         gates = x.new_empty(T, B, 3 * H)  # r, z and W_hn h + b_hn
         hs = x.new_empty(T + 1, B, H)
         hs[0] = h0
-        buffers = Buffers(projected, gates, x.new_empty(T, B, H), hs)
-        steps = step_functions(buffers)
-        w_hh_t = w_hh.t()
-        gate_inputs, gate, h = projected[:, :, : 3 * H].unbind(0), gates.unbind(0), hs.unbind(0)
-        for t in range(T):
-            torch.addmm(gate_inputs[t], h[t], w_hh_t, out=gate[t])
-            steps.forward(t)
+        buffers = Buffers(projected, gates, x.new_empty(T, B, H), hs, w_hh.contiguous())
+        step_functions(buffers).forward()
         ctx.save_for_backward(inputs, hs, gates, buffers.new, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
 
@@ -128,12 +140,8 @@ class GRURecurrence(torch.autograd.Function):
         grad_h = (grad_y[:, T - 1] + grad_final).contiguous()
         grad_gates = gates.new_empty(T, B, 4 * H)
         sink = hs.new_empty(T, B, H) if ctx.needs_input_grad[6] else None
-        buffers = Buffers(None, gates, new, hs, grad_gates, grad_h, grad_y)
-        steps = step_functions(buffers, sink)
-        hidden_side_steps = grad_gates[:, :, H:].unbind(0)
-        for t in range(T - 1, -1, -1):
-            steps.backward(t)
-            grad_h.addmm_(hidden_side_steps[t], w_hh)
+        buffers = Buffers(None, gates, new, hs, w_hh.contiguous(), grad_gates, grad_h, grad_y)
+        step_functions(buffers, sink).backward()  # grad_h: dL/dh_0
         flat = grad_gates.view(T * B, 4 * H)
         input_side, hidden_side = flat[:, : 3 * H], flat[:, H:]  # gates n, r, z and r, z, n
         to_reset_update_new = torch.cat([torch.arange(H, 3 * H), torch.arange(H)])

@@ -1,9 +1,18 @@
-/* The element-wise work of one GRU timestep, forward and backward, for bpttlab's GRU kernel
- * (kernels/gru.py, which runs the GEMMs and explains the layout). float32, contiguous,
- * time-major buffers. One pass over each row replaces the torch operations a step costs
- * otherwise, and the backward computes each step's gate factors from cache-resident rows. */
+/* The step loops of bpttlab's GRU kernel, forward and backward (kernels/gru.py runs the GEMMs
+ * over all timesteps and explains the layout). float32, contiguous, time-major buffers. Each
+ * step is one GEMM, by the BLAS torch runs its own on (its address in `gemm`), and one pass
+ * over each row for the element-wise work; the backward computes each step's gate factors
+ * from cache-resident rows. */
 
 #include <stddef.h>
+#include <string.h>
+
+/* BLAS sgemm: c = alpha a b + beta c, column-major, a and b transposed or not. A row-major
+ * array is the transpose of the column-major one, so each call computes the row-major product
+ * written above it as its transpose: (x W^T)^T = W x^T, operands swapped. */
+typedef void sgemm_fn(const char *transa, const char *transb, const int *m, const int *n,
+                      const int *k, const float *alpha, const float *a, const int *lda,
+                      const float *b, const int *ldb, const float *beta, float *c, const int *ldc);
 
 /* glibc's vector expf (libmvec), declared so the loops below vectorise without -ffast-math */
 float expf(float) __attribute__((simd("notinbranch")));
@@ -17,7 +26,9 @@ typedef struct {
     float *grad_h;          /* (B, H): dL/dh_t in; dL/dh_{t-1} less its GEMM term out */
     const float *grad_y;    /* (B, T, H): dL/dy from above */
     float *sink;            /* (T, B, H) or NULL: receives dL/dh_t */
+    const float *weights;   /* (3H, H): W_hh */
     long batch, hidden, steps;
+    sgemm_fn *gemm;
 } gru_buffers;
 
 static void forward_row(float *restrict gate, const float *restrict new_input,
@@ -50,7 +61,7 @@ static void backward_row(const float *restrict gate, const float *restrict n,
 }
 
 /* Step t forward: the gate rows of step t already hold the input side + W_hh h_t + b_hh. */
-void forward_step(const gru_buffers *s, long t) {
+static void forward_step(const gru_buffers *s, long t) {
     const long B = s->batch, H = s->hidden;
     for (long b = 0; b < B; b++) {
         const long row = t * B + b;
@@ -61,7 +72,7 @@ void forward_step(const gru_buffers *s, long t) {
 
 /* Step t backward: grad_h holds dL/dh_t; writes step t's gate gradients and leaves in grad_h
  * dL/dh_{t-1} without its GEMM term (dL/dy_{t-1} + dL/dh_t z_t), and fills the sink's step t. */
-void backward_step(const gru_buffers *s, long t) {
+static void backward_step(const gru_buffers *s, long t) {
     const long B = s->batch, H = s->hidden, T = s->steps;
     for (long b = 0; b < B; b++) {
         const long row = t * B + b;
@@ -71,5 +82,33 @@ void backward_step(const gru_buffers *s, long t) {
         const float *grad_y_prev = t > 0 ? s->grad_y + (b * T + t - 1) * H : NULL;
         backward_row(s->gates + row * 3 * H, s->new + row * H, s->hs + row * H,
                      s->grad_gates + row * 4 * H, grad_h, grad_y_prev, H);
+    }
+}
+
+/* Every step forward: each step's gate rows are its input side plus W_hh h_t + b_hh. */
+void forward(const gru_buffers *s) {
+    const int B = s->batch, H = s->hidden, H3 = 3 * H;
+    const float one = 1.0f;
+    for (long t = 0; t < s->steps; t++) {
+        float *gates = s->gates + t * B * H3;
+        for (long b = 0; b < B; b++)
+            memcpy(gates + b * H3, s->projected + (t * B + b) * 4 * H, H3 * sizeof(float));
+        /* gates_t (B x 3H) += h_t (B x H) W_hh^T */
+        s->gemm("T", "N", &H3, &B, &H, &one, s->weights, &H, s->hs + t * B * H, &H, &one, gates,
+                &H3);
+        forward_step(s, t);
+    }
+}
+
+/* Every step backward: grad_h holds dL/dh_T; leaves dL/dh_0 in it, and every step's gate
+ * gradients in grad_gates. */
+void backward(const gru_buffers *s) {
+    const int B = s->batch, H = s->hidden, H3 = 3 * H, H4 = 4 * H;
+    const float one = 1.0f;
+    for (long t = s->steps - 1; t >= 0; t--) {
+        backward_step(s, t);
+        /* grad_h (B x H) += the hidden side of grad_gates_t (B x 3H, rows 4H apart) W_hh */
+        s->gemm("N", "N", &H, &B, &H3, &one, s->weights, &H, s->grad_gates + t * B * H4 + H, &H4,
+                &one, s->grad_h, &H);
     }
 }

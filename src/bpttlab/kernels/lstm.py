@@ -5,9 +5,9 @@ W_i* x + b_i* + W_h* h + b_h*.
 Inside, the gate rows are reordered to o, i, f, g and the g rows doubled, so that one sigmoid
 covers every gate (tanh(g) = 2 sigmoid(2g) - 1). The backward computes each step's gate
 gradients in the loop (on small, cache-resident tensors) into one (T, B, 4H) buffer, from which
-one GEMM each gives dW_ih, dW_hh and dx. Each step's GEMM runs in torch; its element-wise work
-runs in C (lstm_step.c, ``CompiledSteps``) for float32 on CPU where the C library could be
-built (``bpttlab.kernels.compiled``), else as torch operations (``TorchSteps``).
+one GEMM each gives dW_ih, dW_hh and dx. The step loops run in C (lstm_step.c: each step's GEMM
+by torch's BLAS, then its element-wise work in one pass) for float32 on CPU where the C library
+could be built (``bpttlab.kernels.compiled``), else as torch operations (``TorchSteps``).
 """
 
 from __future__ import annotations
@@ -38,13 +38,15 @@ class Buffers:
     hs: Tensor  # (T + 1, B, H)
     cs: Tensor  # (T + 1, B, H)
     squashed_cells: Tensor  # (T, B, H): tanh(c_t)
+    weights: Tensor  # (4H, H): W_hh, rows o, i, f, g; the g rows doubled in the forward
     grad_gates: Tensor | None = None  # (T, B, 4H): dL/d(pre-activation)
     grad_h: Tensor | None = None  # (B, H): dL/dh_t of the step being run back through
     grad_c: Tensor | None = None  # (B, H): dL/dc carried back, updated in place
+    grad_y: Tensor | None = None  # (B, T, H): dL/dy from above
 
 
 class TorchSteps:
-    """The element-wise work of each step as torch operations (any dtype and device)."""
+    """The step loops as torch operations (any dtype and device)."""
 
     def __init__(self, buffers: Buffers, sink_h: Tensor | None, sink_c: Tensor | None):
         H = buffers.hs.shape[2]
@@ -66,9 +68,26 @@ class TorchSteps:
                 g.unbind(0) for g in grads
             )
             self.grad_from_cell = grad_gates[:, :, H:].unflatten(2, (3, H)).unbind(0)
+            self.grad_gate, self.grad_y = grad_gates.unbind(0), buffers.grad_y.unbind(1)
             self.one = gates.new_ones(())
 
-    def forward(self, t: int) -> None:
+    def forward(self) -> None:
+        """Every step: add W_hh h_t to the gate rows (which hold W x_t + b), then squash."""
+        weights_t = self.buffers.weights.t()
+        for t in range(len(self.gate_rows)):
+            self.gate_rows[t].addmm_(self.h[t], weights_t)
+            self.forward_step(t)
+
+    def backward(self) -> None:
+        """Every step back from grad_h = dL/dh_T, grad_c = dL/dc_T; leaves dL/dh_0, dL/dc_0."""
+        weights, grad_h = self.buffers.weights, self.buffers.grad_h
+        for t in range(len(self.gate_rows) - 1, 0, -1):
+            self.backward_step(t)
+            torch.addmm(self.grad_y[t - 1], self.grad_gate[t], weights, out=grad_h)
+        self.backward_step(0)
+        torch.mm(self.grad_gate[0], weights, out=grad_h)
+
+    def forward_step(self, t: int) -> None:
         self.gate_rows[t].sigmoid_()
         self.cell_rows[t].mul_(2).sub_(1)
         c_next = torch.mul(self.forget[t], self.c[t], out=self.c[t + 1])
@@ -76,7 +95,7 @@ class TorchSteps:
         tanh(c_next, out=self.squashed[t])
         torch.mul(self.output[t], self.squashed[t], out=self.h[t + 1])
 
-    def backward(self, t: int) -> None:
+    def backward_step(self, t: int) -> None:
         grad_h, grad_c = self.buffers.grad_h, self.buffers.grad_c
         sigmoids, cell, squashed = self.sigmoids[t], self.cell[t], self.squashed[t]
         if self.sink_h is not None:
@@ -96,24 +115,25 @@ class TorchSteps:
 
 
 class CompiledBuffers(ctypes.Structure):
-    """``lstm_buffers`` of lstm_step.c: the buffers' addresses (0 for none)."""
+    """``lstm_buffers`` of lstm_step.c: the buffers' addresses (0 for none), sizes and sgemm."""
 
     _fields_ = [
         *((name, ctypes.c_void_p) for name in (
-            "gates", "cs", "hs", "squashed", "grad_gates", "grad_h", "grad_c", "sink_h", "sink_c"
+            "gates", "cs", "hs", "squashed", "grad_gates", "grad_h", "grad_c", "grad_y", "sink_h",
+            "sink_c", "weights",
         )),
-        ("batch", ctypes.c_long),
-        ("hidden", ctypes.c_long),
+        *((name, ctypes.c_long) for name in ("batch", "hidden", "steps")),
+        ("gemm", ctypes.c_void_p),
     ]  # fmt: skip
 
 
 def step_functions(buffers: Buffers, sink_h: Tensor | None = None, sink_c: Tensor | None = None):
-    """The compiled steps (lstm_step.c) where they apply and are built, else torch's."""
+    """The compiled step loops (lstm_step.c) where they apply and are built, else torch's."""
     b = buffers
-    tensors = (b.gates, b.cs, b.hs, b.squashed_cells, b.grad_gates, b.grad_h, b.grad_c)
-    tensors += (sink_h, sink_c)
-    sizes = b.hs.shape[1], b.hs.shape[2]
-    steps = compiled.steps("lstm_step", CompiledBuffers, tensors, *sizes)
+    tensors = (b.gates, b.cs, b.hs, b.squashed_cells, b.grad_gates, b.grad_h, b.grad_c, b.grad_y)
+    tensors += (sink_h, sink_c, b.weights)
+    T, B, H = b.squashed_cells.shape
+    steps = compiled.steps("lstm_step", CompiledBuffers, tensors, B, H, T)
     return steps or TorchSteps(buffers, sink_h, sink_c)
 
 
@@ -134,12 +154,7 @@ class LSTMRecurrence(torch.autograd.Function):
         hs, cs = x.new_empty(T + 1, B, H), x.new_empty(T + 1, B, H)
         hs[0], cs[0] = h0, c0
         squashed_cells = x.new_empty(T, B, H)  # tanh(c)
-        w_hh_t = (w_hh * doubled_cell).t()
-        steps = step_functions(Buffers(gates, hs, cs, squashed_cells))
-        gate_rows, h = gates.unbind(0), hs.unbind(0)
-        for t in range(T):
-            gate_rows[t].addmm_(h[t], w_hh_t)
-            steps.forward(t)
+        step_functions(Buffers(gates, hs, cs, squashed_cells, w_hh * doubled_cell)).forward()
         ctx.save_for_backward(inputs, hs, cs, gates, squashed_cells, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone(), cs[T].clone()
 
@@ -147,20 +162,14 @@ class LSTMRecurrence(torch.autograd.Function):
     def backward(ctx, grad_y, grad_final_h, grad_final_c):
         inputs, hs, cs, gates, squashed_cells, w_ih, w_hh = ctx.saved_tensors
         T, B, H = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        grad_y = grad_y.transpose(0, 1)
+        grad_y = grad_y.contiguous()
         grad_gates = torch.empty_like(gates)
-        grad_h = (grad_y[T - 1] + grad_final_h).contiguous()
+        grad_h = (grad_y[:, T - 1] + grad_final_h).contiguous()
         grad_c = grad_final_c.clone(memory_format=torch.contiguous_format)
         sink_h = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
         sink_c = hs.new_empty(T, B, H) if ctx.needs_input_grad[8] else None
-        buffers = Buffers(gates, hs, cs, squashed_cells, grad_gates, grad_h, grad_c)
-        steps = step_functions(buffers, sink_h, sink_c)
-        grad_gate, grad_y_steps = grad_gates.unbind(0), grad_y.unbind(0)
-        for t in range(T - 1, 0, -1):
-            steps.backward(t)
-            torch.addmm(grad_y_steps[t - 1], grad_gate[t], w_hh, out=grad_h)
-        steps.backward(0)
-        grad_h = grad_gate[0] @ w_hh
+        buffers = Buffers(gates, hs, cs, squashed_cells, w_hh, grad_gates, grad_h, grad_c, grad_y)
+        step_functions(buffers, sink_h, sink_c).backward()  # grad_h, grad_c: dL/dh_0, dL/dc_0
         flat = grad_gates.view(T * B, 4 * H)
         grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_w_ih = reorder(flat.t().mm(inputs.view(T * B, -1)), TO_TORCH)

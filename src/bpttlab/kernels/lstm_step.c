@@ -1,10 +1,18 @@
-/* The element-wise work of one LSTM timestep, forward and backward, for bpttlab's LSTM kernel
- * (kernels/lstm.py, which runs the GEMMs and explains the layout). float32, contiguous,
- * time-major buffers; each step's gate rows hold the blocks o, i, f, g, the g rows doubled so
- * that one sigmoid covers every gate (tanh(g) = 2 sigmoid(2 g) - 1). One pass over each row
- * replaces the dozen torch operations a step costs otherwise. */
+/* The step loops of bpttlab's LSTM kernel, forward and backward (kernels/lstm.py runs the
+ * GEMMs over all timesteps and explains the layout). float32, contiguous, time-major buffers;
+ * each step's gate rows hold the blocks o, i, f, g, the g rows doubled so that one sigmoid
+ * covers every gate (tanh(g) = 2 sigmoid(2 g) - 1). Each step is one GEMM, by the BLAS torch
+ * runs its own on (its address in `gemm`), and one pass over each row for the element-wise
+ * work that costs a dozen torch operations otherwise. */
 
 #include <stddef.h>
+
+/* BLAS sgemm: c = alpha a b + beta c, column-major, a and b transposed or not. A row-major
+ * array is the transpose of the column-major one, so each call computes the row-major product
+ * written above it as its transpose: (x W^T)^T = W x^T, operands swapped. */
+typedef void sgemm_fn(const char *transa, const char *transb, const int *m, const int *n,
+                      const int *k, const float *alpha, const float *a, const int *lda,
+                      const float *b, const int *ldb, const float *beta, float *c, const int *ldc);
 
 /* glibc's vector expf (libmvec), declared so the loops below vectorise without -ffast-math */
 float expf(float) __attribute__((simd("notinbranch")));
@@ -17,9 +25,12 @@ typedef struct {
     float *grad_gates; /* (T, B, 4H): dL/d(pre-activation), backward only */
     float *grad_h;     /* (B, H): dL/dh_t at the step being run back through */
     float *grad_c;     /* (B, H): dL/dc carried back, updated in place */
+    const float *grad_y; /* (B, T, H): dL/dy from above, backward only */
     float *sink_h;     /* (T, B, H) or NULL: receives dL/dh_t */
     float *sink_c;     /* (T, B, H) or NULL: receives dL/dc_t */
-    long batch, hidden;
+    const float *weights; /* (4H, H): W_hh, rows o, i, f, g (g doubled in the forward) */
+    long batch, hidden, steps;
+    sgemm_fn *gemm;
 } lstm_buffers;
 
 static void forward_row(float *restrict gate, const float *restrict c_prev, float *restrict c,
@@ -54,7 +65,7 @@ static inline void backward_row(const float *restrict gate, float *restrict grad
 }
 
 /* Step t forward: the gate rows of step t already hold W x_t + b + W_hh h_t. */
-void forward_step(const lstm_buffers *s, long t) {
+static void forward_step(const lstm_buffers *s, long t) {
     const long B = s->batch, H = s->hidden;
     for (long b = 0; b < B; b++) {
         const long row = t * B + b;
@@ -65,7 +76,7 @@ void forward_step(const lstm_buffers *s, long t) {
 
 /* Step t backward: grad_h holds dL/dh_t; writes step t's gate gradients, carries grad_c to
  * dL/dc_{t-1} (its part through c) and fills the sinks' step t. */
-void backward_step(const lstm_buffers *s, long t) {
+static void backward_step(const lstm_buffers *s, long t) {
     const long B = s->batch, H = s->hidden;
     for (long b = 0; b < B; b++) {
         const long row = t * B + b;
@@ -79,5 +90,35 @@ void backward_step(const lstm_buffers *s, long t) {
                          H, 1);
         else
             backward_row(gate, grad_gate, c_prev, squashed, grad_h, grad_c, NULL, H, 0);
+    }
+}
+
+/* Every step forward: the gate rows hold W x_t + b; each step adds W_hh h_t, then squashes. */
+void forward(const lstm_buffers *s) {
+    const int B = s->batch, H = s->hidden, H4 = 4 * H;
+    const float one = 1.0f;
+    for (long t = 0; t < s->steps; t++) {
+        /* gates_t (B x 4H) += h_t (B x H) W_hh^T */
+        s->gemm("T", "N", &H4, &B, &H, &one, s->weights, &H, s->hs + t * B * H, &H, &one,
+                s->gates + t * B * H4, &H4);
+        forward_step(s, t);
+    }
+}
+
+/* Every step backward: grad_h holds dL/dh_T and grad_c dL/dc_T; leaves dL/dh_0 and dL/dc_0
+ * in them, and every step's gate gradients in grad_gates. */
+void backward(const lstm_buffers *s) {
+    const int B = s->batch, H = s->hidden, H4 = 4 * H;
+    const long T = s->steps;
+    const float one = 1.0f, zero = 0.0f;
+    for (long t = T - 1; t >= 0; t--) {
+        backward_step(s, t);
+        if (t > 0)
+            for (long b = 0; b < B; b++)
+                for (long j = 0; j < H; j++)
+                    s->grad_h[b * H + j] = s->grad_y[(b * T + t - 1) * H + j];
+        /* grad_h (B x H) = dL/dy_{t-1} + grad_gates_t (B x 4H) W_hh (4H x H) */
+        s->gemm("N", "N", &H, &B, &H4, &one, s->weights, &H, s->grad_gates + t * B * H4, &H4,
+                t > 0 ? &one : &zero, s->grad_h, &H);
     }
 }

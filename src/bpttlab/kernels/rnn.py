@@ -1,8 +1,9 @@
 """The Elman RNN kernel: h_t = g(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), g = tanh or relu.
 
-Each step's GEMM runs in torch; its element-wise work (the activation forward, the slope and
-the hand-over of dL/dy backward) runs in C (rnn_step.c) for float32 on CPU where the C library
-could be built (``bpttlab.kernels.compiled``), else as torch operations (``TorchSteps``).
+The step loops run in C (rnn_step.c: each step's GEMM by torch's BLAS, then the activation
+forward, or the slope and the hand-over of dL/dy backward) for float32 on CPU where the C
+library could be built (``bpttlab.kernels.compiled``), else as torch operations
+(``TorchSteps``).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ class Buffers:
 
     hs: Tensor  # (T + 1, B, H): h0, then each step's pre-activation, then its state
     relu: bool  # the activation: relu, else tanh
+    weights: Tensor  # (H, H): W_hh
     grad_pre: Tensor | None = None  # (T, B, H): dL/d(pre-activation)
     grad_h: Tensor | None = None  # (B, H): dL/dh_t of the step being run back through
     grad_y: Tensor | None = None  # (B, T, H): dL/dy from above
 
 
 class TorchSteps:
-    """The element-wise work of each step as torch operations (any dtype and device)."""
+    """The step loops as torch operations (any dtype and device)."""
 
     def __init__(self, buffers: Buffers, sink: Tensor | None):
         self.buffers, self.sink = buffers, sink
@@ -42,14 +44,29 @@ class TorchSteps:
             torch.addcmul(h.new_ones(()), h, h, value=-1, out=buffers.grad_pre)
         self.grad_y = buffers.grad_y.transpose(0, 1)
 
-    def forward(self, t: int) -> None:
+    def forward(self) -> None:
+        """Every step: add W_hh h_t to row t + 1 of hs (W_ih x_t + b), then the activation."""
+        h, weights_t = self.buffers.hs.unbind(0), self.buffers.weights.t()
+        for t in range(len(h) - 1):
+            h[t + 1].addmm_(h[t], weights_t)
+            self.forward_step(t)
+
+    def backward(self) -> None:
+        """Every step back from grad_h = dL/dh_T; leaves dL/dh_0 in it."""
+        b = self.buffers
+        grad_pre_steps = b.grad_pre.unbind(0)
+        for t in range(len(grad_pre_steps) - 1, -1, -1):
+            self.backward_step(t)
+            b.grad_h.addmm_(grad_pre_steps[t], b.weights)
+
+    def forward_step(self, t: int) -> None:
         pre = self.buffers.hs[t + 1]
         if self.buffers.relu:
             pre.relu_()
         else:
             tanh(pre, out=pre)
 
-    def backward(self, t: int) -> None:
+    def backward_step(self, t: int) -> None:
         grad_h = self.buffers.grad_h
         if self.sink is not None:
             self.sink[t] = grad_h
@@ -61,19 +78,21 @@ class TorchSteps:
 
 
 class CompiledBuffers(ctypes.Structure):
-    """``rnn_buffers`` of rnn_step.c: the buffers' addresses (0 for none) and sizes."""
+    """``rnn_buffers`` of rnn_step.c: the buffers' addresses (0 for none), sizes and sgemm."""
 
     _fields_ = [
         *((name, ctypes.c_void_p) for name in ("hs", "grad_pre", "grad_h", "grad_y", "sink")),
+        ("weights", ctypes.c_void_p),
         *((name, ctypes.c_long) for name in ("batch", "hidden", "steps", "relu")),
+        ("gemm", ctypes.c_void_p),
     ]
 
 
 def step_functions(buffers: Buffers, sink: Tensor | None = None):
-    """The compiled steps (rnn_step.c) where they apply and are built, else torch's."""
+    """The compiled step loops (rnn_step.c) where they apply and are built, else torch's."""
     b = buffers
     T, B, H = b.hs.shape[0] - 1, b.hs.shape[1], b.hs.shape[2]
-    tensors = (b.hs, b.grad_pre, b.grad_h, b.grad_y, sink)
+    tensors = (b.hs, b.grad_pre, b.grad_h, b.grad_y, sink, b.weights)
     steps = compiled.steps("rnn_step", CompiledBuffers, tensors, B, H, T, b.relu)
     return steps or TorchSteps(buffers, sink)
 
@@ -88,11 +107,7 @@ class ElmanRecurrence(torch.autograd.Function):
         hs[0] = h0
         torch.addmm(b_ih + b_hh, inputs.view(T * B, -1), w_ih.t(), out=hs[1:].view(T * B, H))
         relu = nonlinearity == "relu"
-        steps = step_functions(Buffers(hs, relu))
-        w_hh_t, h = w_hh.t(), hs.unbind(0)
-        for t in range(T):
-            h[t + 1].addmm_(h[t], w_hh_t)
-            steps.forward(t)
+        step_functions(Buffers(hs, relu, w_hh.contiguous())).forward()
         ctx.relu = relu
         ctx.save_for_backward(inputs, hs, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
@@ -105,11 +120,8 @@ class ElmanRecurrence(torch.autograd.Function):
         grad_h = (grad_y[:, T - 1] + grad_final).contiguous()
         grad_pre = hs.new_empty(T, B, H)
         sink = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
-        steps = step_functions(Buffers(hs, ctx.relu, grad_pre, grad_h, grad_y), sink)
-        grad_pre_steps = grad_pre.unbind(0)
-        for t in range(T - 1, -1, -1):
-            steps.backward(t)
-            grad_h.addmm_(grad_pre_steps[t], w_hh)
+        buffers = Buffers(hs, ctx.relu, w_hh.contiguous(), grad_pre, grad_h, grad_y)
+        step_functions(buffers, sink).backward()  # grad_h: dL/dh_0
         flat = grad_pre.view(T * B, H)
         grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_w_ih = flat.t().mm(inputs.view(T * B, -1))
