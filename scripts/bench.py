@@ -275,7 +275,8 @@ def train_plain(
 
     Calls the model's encoder, nn.LSTM and readout directly (no SequenceModule code). One
     optimiser step per window that holds targets, and the step count seeds the next batch, as
-    Lightning's global step does; windows without targets only carry the state forward.
+    Lightning's global step does; windows without targets only carry the state forward, in one
+    call up to the next window with targets.
     """
     if any(w.carry != w.end for w in windows):
         raise ValueError("the plain loop handles disjoint windows (update_every = truncation)")
@@ -286,17 +287,19 @@ def train_plain(
     for _ in range(batches):
         batch = task.generate(batch_size, batch_generator(SEED, TRAIN, step, "cpu"))
         total = batch.mask.sum()
-        state = None
+        state, carry_from = None, None
         for w in windows:
-            inputs = batch.inputs[:, w.start : w.end]
             mask = batch.mask[:, w.loss_start : w.end]
-            if not mask.any():  # as bpttlab does (RecurrentNet.carry): no readout
+            if not mask.any():  # as bpttlab does (run_windows): run at the next window's start
+                carry_from = w.start if carry_from is None else carry_from
+                continue
+            if carry_from is not None:  # the windows without targets, as one, no readout
                 with torch.no_grad():
-                    x = model.encoder(inputs)
+                    x = model.encoder(batch.inputs[:, carry_from : w.start])
                     with onednn(True):
                         state = model.layers[0].rnn(x, state)[1]
-                continue
-            x = model.encoder(inputs)
+                carry_from = None
+            x = model.encoder(batch.inputs[:, w.start : w.end])
             with onednn(True):
                 hidden, carried = model.layers[0].rnn(x, state)
             outputs = model.readout(hidden)[:, w.loss_start - w.start :, 0]

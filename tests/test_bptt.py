@@ -16,7 +16,7 @@ import torch
 from conftest import RecordingModule, RecordingSGD, fit_one_batch
 
 from bpttlab.bptt import BPTT, Window, run_window
-from bpttlab.model import RecurrentNet
+from bpttlab.model import CARRY_CHUNK, RecurrentNet
 from bpttlab.module import SequenceModule
 from bpttlab.tasks import AddingTask, Batch, CopyTask, Task
 from bpttlab.validation import ConfigError
@@ -173,6 +173,22 @@ def test_run_reproduces_the_uninterrupted_forward(kind, schedule, unrolled):
                 torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
             assert bool(traces) == unrolled
             state = carried
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_a_carry_over_several_chunks_reaches_the_uninterrupted_state(kind):
+    """RecurrentNet.carry (the windows without targets) runs CARRY_CHUNK steps at a time from
+    the given state; its state is that of one uninterrupted run over the whole span."""
+    model = RecurrentNet(5, 3, kind=kind, hidden_size=8, num_layers=2, embedding_dim=4).double()
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, 5, (3, 2 * CARRY_CHUNK + 17), generator=g)
+    with torch.no_grad():
+        start = model(inputs[:, :9])[1]
+        expected = model(inputs[:, 9:], start)[1]
+        carried = model.carry(inputs[:, 9:], start)
+        assert model.carry(inputs[:, :0], start) is start
+    for a, b in zip(sum(carried, ()), sum(expected, ()), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("schedule", list(SCHEDULES))

@@ -103,19 +103,23 @@ def run_windows(
     losses are normalised by the whole batch's target count, so they add up to the task's loss.
     With ``trace_hooks`` the windows are traced and every hook sees every Trace: from the
     cells' kernels when every hook only reads (``reads_only``), else from their step loops.
-    A non-finite loss is yielded without a backward.
+    A non-finite loss is yielded without a backward. Consecutive windows without targets only
+    carry the state to the next window with targets, without a graph: they run as one.
     """
     reads_only = all(getattr(hook, "reads_only", False) for hook in trace_hooks)
     unrolled, traced = bool(trace_hooks) and not reads_only, bool(trace_hooks) and reads_only
     total_weight = batch.mask.sum()
     state: State | None = None
+    carry_from: int | None = None  # where the windows without targets since the last one start
     for window in windows:
         targets = batch.slice(window.loss_start, window.end)
-        if not targets.mask.any():  # nothing to learn here: carry the state only
-            with torch.no_grad():
-                inputs = batch.inputs[:, window.start : window.carry]
-                state = model.carry(inputs, detach_state(state)) if inputs.shape[1] else state
+        if not targets.mask.any():  # nothing to learn here: carry the state only, below
+            carry_from = window.start if carry_from is None else carry_from
             continue
+        if carry_from is not None:  # each carries to the next one's start: run them as one
+            with torch.no_grad():
+                state = model.carry(batch.inputs[:, carry_from : window.start], detach_state(state))
+            carry_from = None
         outputs, carried, traces = run_window(model, batch.inputs, state, window, unrolled, traced)
         for offset, trace in traces:
             for hook in trace_hooks:

@@ -20,6 +20,10 @@ from bpttlab.cells import CELLS, LayerState
 State = tuple[LayerState, ...]
 """Recurrent state of the network: one LayerState per layer."""
 
+CARRY_CHUNK = 256
+"""Timesteps per call in ``RecurrentNet.carry``: a long span without targets runs chunk after
+chunk, so that its transient memory (outputs, a kernel's workspace) does not grow with it."""
+
 
 @dataclass
 class Trace:
@@ -142,9 +146,12 @@ class RecurrentNet(nn.Module):
         x, finals, trace = self.recur(inputs, state, unrolled, traced)
         return Run(self.readout(x), finals, trace)
 
-    def carry(self, inputs: Tensor, state: State | None = None) -> State:
-        """The state after ``inputs``, without the readout: a window with no targets in it."""
-        return self.recur(inputs, state)[1]
+    def carry(self, inputs: Tensor, state: State | None = None) -> State | None:
+        """The state after ``inputs``, without the readout (windows with no targets in them),
+        ``CARRY_CHUNK`` steps at a time; ``state`` itself after no steps."""
+        for start in range(0, inputs.shape[1], CARRY_CHUNK):
+            state = self.recur(inputs[:, start : start + CARRY_CHUNK], state)[1]
+        return state
 
     def recur(
         self, inputs: Tensor, state: State | None, unrolled: bool = False, traced: bool = False
