@@ -85,6 +85,7 @@ SEED = 0
 LR = 3e-3
 TARGET = 0.95  # framework overhead
 PROBE_TARGET = 0.95  # GradientFlow every 10 steps
+PROBE_EVERY_STEP_TARGET = 1 / 1.3  # the stretch: every step probed costs at most 1.3x
 LOG_EVERY = 10  # conf/trainer/default.yaml
 
 Weights = dict[str, torch.Tensor]
@@ -424,9 +425,12 @@ def gradflow_overhead(cfg: Config, weights: Weights) -> dict:
     # Per batch, within the runs with GradientFlow: probed batches against the others.
     pairs = [(b, p) for t in results["with"] for b, p in zip(t.batches, t.probed, strict=True)]
     probed = median([b for b, p in pairs if p])
-    others = [b for b, p in pairs if not p]  # none when every step is probed
-    unprobed = median(others) if others else float("nan")
+    others = [b for b, p in pairs if not p]
+    if not others:  # every step probed: the batches of the runs without GradientFlow
+        others = [b for t in results["without"] for b in t.batches]
+    unprobed = median(others)
     every = cfg.gradflow_every
+    target = PROBE_TARGET if every > 1 else PROBE_EVERY_STEP_TARGET
     steps = cfg.batch * cfg.seq_len * batches
     ratio = median(without) / median(with_flow)
     return {
@@ -446,8 +450,8 @@ def gradflow_overhead(cfg: Config, weights: Weights) -> dict:
         "per_probe_ms_from_runs": 1000 * (median(with_flow) - median(without)) / len(probes),
         "implied_steady_ratio": every * unprobed / (every * unprobed + probed - unprobed),
         "ratio": ratio,
-        "target": PROBE_TARGET,
-        "met": ratio >= PROBE_TARGET,
+        "target": target,
+        "met": ratio >= target,
     }
 
 
@@ -700,13 +704,13 @@ def print_gradflow(r: dict) -> None:
             f"{r['with_median_s']:.3f}",
             f"{r['with_seq_steps_per_s']:,.0f}",
             f"{r['ratio']:.3f}",
-            verdict(r["ratio"], PROBE_TARGET),
+            verdict(r["ratio"], r["target"]),
         ],
     ]
     print(table(["run", "median s", "seq-steps/s", "ratio", "target"], rows))
     print(
         f"   per-probe cost: {r['per_probe_ms']:.0f} ms = median probed batch "
-        f"{r['probed_batch_ms']:.0f} ms - median other batch {r['unprobed_batch_ms']:.0f} ms "
+        f"{r['probed_batch_ms']:.0f} ms - median unprobed batch {r['unprobed_batch_ms']:.0f} ms "
         f"(from whole runs, (with - without) / probes: {r['per_probe_ms_from_runs']:.0f} ms)\n"
         f"   steady-state ratio implied by the per-batch times at every {r['every_n_steps']} "
         f"steps: {r['implied_steady_ratio']:.3f}\n"
@@ -743,7 +747,7 @@ def print_summary(training: list[dict], flow: dict, kernels: dict) -> None:
     for r in training:
         print(f"  bpttlab / plain, {r['setting']}: {r['ratio']:.3f} {verdict(r['ratio'])}")
     ratio = flow["ratio"]
-    print(f"  with / without GradientFlow: {ratio:.3f} {verdict(ratio, PROBE_TARGET)}")
+    print(f"  with / without GradientFlow: {ratio:.3f} {verdict(ratio, flow['target'])}")
     faster = "native" if kernels["onednn_over_native"] > 1 else "oneDNN"
     print(f"  kernel: {faster} is faster (oneDNN / native = {kernels['onednn_over_native']:.2f})")
 

@@ -109,11 +109,11 @@ def run_windows(
     reads_only = all(getattr(hook, "reads_only", False) for hook in trace_hooks)
     unrolled, traced = bool(trace_hooks) and not reads_only, bool(trace_hooks) and reads_only
     total_weight = batch.mask.sum()
+    has_targets = batch.mask.any(dim=0).tolist()  # at each timestep; read once, not per window
     state: State | None = None
     carry_from: int | None = None  # where the windows without targets since the last one start
     for window in windows:
-        targets = batch.slice(window.loss_start, window.end)
-        if not targets.mask.any():  # nothing to learn here: carry the state only, below
+        if not any(has_targets[window.loss_start : window.end]):  # carry the state only, below
             carry_from = window.start if carry_from is None else carry_from
             continue
         if carry_from is not None:  # each carries to the next one's start: run them as one
@@ -125,6 +125,7 @@ def run_windows(
             for hook in trace_hooks:
                 hook(trace, offset)
         outputs = outputs[:, window.loss_start - window.start :]
+        targets = batch.slice(window.loss_start, window.end)
         loss = position_losses(outputs, targets).sum() / total_weight
         if torch.isfinite(loss):
             backward(loss)
