@@ -36,8 +36,8 @@ _wanted = True
 
 
 def use_compiled(enabled: bool) -> bool:
-    """Choose the compiled steps (``enabled``) or torch operations for this process; return
-    whether compiled steps are in effect."""
+    """Choose the compiled step loops (``enabled``) or torch operations for this process; return
+    whether compiled step loops are in effect."""
     global _wanted
     _wanted = enabled
     return compiled_in_effect()
