@@ -48,8 +48,9 @@ progress bar. Like bpttlab-train by default, the process flushes subnormals and 
 memory (``bpttlab.allocator``), for every path alike. ``--cell gru`` runs section 2 with
 bpttlab's GRU kernel (the GRU default) instead of the LSTM. ``--quick`` shrinks every size for
 a smoke run of under a minute. ``--threads`` sets torch's intra-op threads (on a machine whose
-cores are busy with other work, 1 thread avoids oversubscription stalls). ``--clip-threshold`` changes the clipping threshold of
-the training runs (a threshold no gradient reaches makes clipping an exact no-op on both paths).
+cores are busy with other work, 1 thread avoids oversubscription stalls). ``--clip-threshold``
+changes the clipping threshold of the training runs (a threshold no gradient reaches makes
+clipping an exact no-op on both paths).
 """
 
 from __future__ import annotations

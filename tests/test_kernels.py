@@ -180,7 +180,7 @@ def test_float32_agrees_with_torch(kind):
 
 @pytest.fixture(params=["compiled", "torch"])
 def step_work(request):
-    """The kernels' step element-wise work in C or as torch operations, then as before."""
+    """The kernels' step loops in C or as torch operations, then as before."""
     wanted = request.param == "compiled"
     if wanted and shutil.which(compiled.c_compiler()) is None:
         pytest.skip("no C compiler here: the kernels' steps cannot be compiled")

@@ -3,12 +3,12 @@
 By default glibc gives every allocation above its mmap threshold (128 KiB, rising to at most
 32 MiB) fresh pages of its own from the kernel and returns them when it is freed; a training
 step that allocates a few such tensors (oneDNN's LSTM workspace, a long sequence's
-activations) then pays a page fault for every 4 KiB page it touches, every step: measured on a 2-core VM, 16,000 faults and a third of an LSTM step's time
-(README, Benchmarks). With ``keep_freed_memory`` (the default) allocations come from the heap
+activations) then pays a page fault for every 4 KiB page it touches, every step: measured on
+a 2-core VM, 16,000 faults and a third of an LSTM step's time (README, Benchmarks). With ``keep_freed_memory`` (the default) allocations come from the heap
 and freed memory stays there (up to 2 GiB at its top) for the next step to reuse: the process's
 resident memory stays near its peak instead of shrinking between steps, and a heap of mixed
 sizes grows where a later request does not fit a freed block (a full-BPTT run over 10 000
-steps peaked 15-37 % higher). Numbers do not change.
+steps peaked 15-41 % higher). Numbers do not change.
 The setting lasts for the life of the process (a joblib worker keeps it for later jobs);
 elsewhere than glibc it does nothing.
 """

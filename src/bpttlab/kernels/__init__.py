@@ -3,8 +3,8 @@
 Each is one autograd Function: the forward projects the inputs of every timestep with one GEMM,
 then runs the step loop (one GEMM per step) into preallocated time-major buffers; the backward
 runs the recurrence backward once, collecting every step's gate gradients, then computes the
-weight, bias and input gradients with one GEMM or sum over all timesteps. Each kernel's
-per-step element-wise work runs in C where it can be compiled (``compiled``, ``*_step.c``).
+weight, bias and input gradients with one GEMM or sum over all timesteps. Each kernel's step
+loops run in C where they can be compiled (``compiled``, ``*_step.c``).
 """
 
 from bpttlab.kernels.gru import gru

@@ -44,7 +44,7 @@ def use_compiled(enabled: bool) -> bool:
 
 
 def compiled_in_effect() -> bool:
-    """Whether the kernels run their steps compiled now."""
+    """Whether the kernels run their step loops compiled now."""
     return all([library(name) is not None for name in STEP_SOURCES])  # builds every one
 
 
@@ -124,9 +124,11 @@ def build(name: str) -> ctypes.CDLL | None:
 
 
 def library_path(source: Path) -> Path:
-    """Where ``source``'s library is cached: named by the source, the build line and the CPU."""
+    """Where ``source``'s library is cached: named by the source and the headers it includes,
+    the build line and the CPU."""
     build_line = " ".join([c_compiler(), *FLAGS, *LINK]).encode()
-    parts = [source.read_bytes(), build_line, cpu_identity()]
+    headers = [header.read_bytes() for header in sorted(SOURCES.glob("*.h"))]
+    parts = [source.read_bytes(), *headers, build_line, cpu_identity()]
     key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
     return cache_dir() / f"{source.stem}-{key}.so"
 
