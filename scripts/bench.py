@@ -45,7 +45,7 @@ the median of its repeats, with warm-up runs excluded, and the ratio of the medi
 Every Lightning run logs to a real TensorBoardLogger in a temporary directory, with
 ``log_every_n_steps=10`` as in conf/trainer/default.yaml; no validation, no checkpoints, no
 progress bar. Like bpttlab-train by default, the process flushes subnormals and keeps freed
-memory (``bpttlab.allocator``), for every path alike. ``--cell gru`` runs section 2 with
+memory (``bpttlab.cli.allocator``), for every path alike. ``--cell gru`` runs section 2 with
 bpttlab's GRU kernel (the GRU default) instead of the LSTM. ``--quick`` shrinks every size for
 a smoke run of under a minute. ``--threads`` sets torch's intra-op threads (on a machine whose
 cores are busy with other work, 1 thread avoids oversubscription stalls). ``--clip-threshold``
@@ -77,10 +77,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from bpttlab import BPTT, AddingTask, Clipping, GradientFlow, RecurrentNet, SequenceModule, Window
-from bpttlab.allocator import keep_freed_memory
+from bpttlab.cells.kernels.compiled import compiled_in_effect
 from bpttlab.cells.torch_recurrence import onednn
-from bpttlab.kernels.compiled import compiled_in_effect
-from bpttlab.subnormals import flush_subnormals
+from bpttlab.cli.allocator import keep_freed_memory
+from bpttlab.cli.subnormals import flush_subnormals
 from bpttlab.tasks import TRAIN, batch_generator
 
 SEED = 0

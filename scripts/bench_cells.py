@@ -11,7 +11,7 @@ kernel and bpttlab's own (``cell.kernel=bpttlab``), its steps compiled (the defa
 torch operations (``compiled_kernels=false``), in alternation (A B C D A B C D ...), with the
 ratio of the fastest torch kernel's time to bpttlab's (> 1: bpttlab is faster) and the
 compiled steps' speed-up. Subnormals are flushed and freed memory kept
-(``bpttlab.allocator``), as in training runs. On a machine shared with other jobs,
+(``bpttlab.cli.allocator``), as in training runs. On a machine shared with other jobs,
 OMP_WAIT_POLICY=passive keeps idle OpenMP threads from spinning against them (else timings can
 jump a hundredfold). Also a GEMM ceiling measured in the same run (a large float32 matrix
 product), and for the torch-backed cells their GFLOP/s (forward + backward of the recurrence:
@@ -27,11 +27,11 @@ import time
 
 import torch
 
-from bpttlab.allocator import keep_freed_memory
 from bpttlab.cells import CELLS
-from bpttlab.kernels.compiled import compiled_in_effect, use_compiled
+from bpttlab.cells.kernels.compiled import compiled_in_effect, use_compiled
+from bpttlab.cli.allocator import keep_freed_memory
+from bpttlab.cli.subnormals import flush_subnormals
 from bpttlab.model import RecurrentNet
-from bpttlab.subnormals import flush_subnormals
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 

@@ -13,8 +13,8 @@ import argparse
 import statistics
 from pathlib import Path
 
+from bpttlab.analysis.sweep import group_runs, read_runs
 from bpttlab.gradflow import load_profile, profile_summary
-from bpttlab.sweep import group_runs, read_runs
 
 PAST_THRESHOLD = 1e-3  # conf/callbacks/grad_flow.yaml
 STATE = "h_layer0"

@@ -1,5 +1,5 @@
 """A table of bad command lines: each exits 2 with one line on stderr that names the full key,
-and creates no run dir. Most run in-process through ``bpttlab.train.main``; a few as real
+and creates no run dir. Most run in-process through ``bpttlab.cli.train.main``; a few as real
 subprocesses of the console script."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bpttlab import train
-from bpttlab.rundir import RunLock
+from bpttlab.cli import train
+from bpttlab.runs.rundir import RunLock
 
 BAD = [
     # groups and unknown keys

@@ -16,10 +16,10 @@ import torch
 from conftest import RecordingModule, RecordingSGD, fit_one_batch
 
 from bpttlab.bptt import BPTT, Window, run_window
+from bpttlab.checks import ConfigError
 from bpttlab.model import CARRY_CHUNK, RecurrentNet
 from bpttlab.module import SequenceModule
 from bpttlab.tasks import AddingTask, Batch, CopyTask, Task
-from bpttlab.validation import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*treespec.*")
 

@@ -14,8 +14,8 @@ from test_gradflow import probe_once, weights_of
 
 from bpttlab import CopyTask
 from bpttlab.cells import CELLS
+from bpttlab.checks import ConfigError
 from bpttlab.tasks import TRAIN, batch_generator
-from bpttlab.validation import ConfigError
 
 KINDS = ("mingru", "minlstm")
 

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from conftest import small_module
 
-from bpttlab.checkpoint import LastCheckpoint
+from bpttlab.runs.checkpoint import LastCheckpoint
 from bpttlab.tasks import CopyTask
 
 

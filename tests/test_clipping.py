@@ -15,10 +15,10 @@ from conftest import RecordingModule, RecordingSGD, fit_one_batch
 from torch import nn
 
 from bpttlab.bptt import BPTT
+from bpttlab.checks import ConfigError
 from bpttlab.clipping import Clipping
 from bpttlab.model import RecurrentNet
 from bpttlab.tasks import AddingTask
-from bpttlab.validation import ConfigError
 
 
 def parameters_with_grads(seed: int = 0, scale: float = 1.0) -> list[nn.Parameter]:

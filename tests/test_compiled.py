@@ -1,4 +1,4 @@
-"""The compiled step loops' build (``bpttlab.kernels.compiled``), each in a fresh Python
+"""The compiled step loops' build (``bpttlab.cells.kernels.compiled``), each in a fresh Python
 process with a cache folder of its own: built once and reused, loaded without touching the
 process's floating-point settings, and replaced by torch operations with one warning where no
 compiler runs or torch has no BLAS to hand them; their GEMMs are torch's own."""
@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from bpttlab.kernels import compiled
+from bpttlab.cells.kernels import compiled
 
 pytestmark = pytest.mark.skipif(
     shutil.which(compiled.c_compiler()) is None, reason="no C compiler here: nothing is compiled"
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 TRAIN = """
 import torch
-from bpttlab.kernels import compiled, gru, lstm, rnn
+from bpttlab.cells.kernels import compiled, gru, lstm, rnn
 torch.manual_seed(0)
 x, h, c = torch.randn(2, 5, 3, requires_grad=True), torch.zeros(2, 4), torch.zeros(2, 4)
 kernels = (4, lambda *w: lstm(x, h, c, *w)), (3, lambda *w: gru(x, h, *w)), (1, lambda *w: rnn(x, h, *w))
@@ -60,7 +60,7 @@ def test_a_cached_library_that_does_not_load_is_built_again(tmp_path):
     build) is replaced by a fresh build, without a warning."""
     code = (
         "import warnings\n"
-        "from bpttlab.kernels import compiled\n"
+        "from bpttlab.cells.kernels import compiled\n"
         "warnings.simplefilter('error')\n"
         "for name in compiled.STEP_SOURCES:\n"
         "    compiled.library_path(compiled.SOURCES / f'{name}.c').write_bytes(b'not a library')\n"
@@ -73,7 +73,7 @@ def test_a_cached_library_that_does_not_load_is_built_again(tmp_path):
 
 
 NO_BLAS = (
-    "from bpttlab.kernels import compiled\n"
+    "from bpttlab.cells.kernels import compiled\n"
     "compiled.blas_gemm = lambda: None  # as with a torch whose libraries export no sgemm_\n"
 )
 
@@ -106,7 +106,7 @@ def test_without_a_compiler_or_blas_the_loops_run_as_torch_operations_with_one_w
 def test_the_compiled_loops_multiply_with_torchs_own_blas():
     """``blas_gemm`` is the sgemm_ torch's matrix products run on: a relu RNN's forward (its
     GEMMs, then an exact max(x, 0)) is bitwise the same compiled and as torch operations."""
-    from bpttlab.kernels import rnn
+    from bpttlab.cells.kernels import rnn
 
     g = torch.Generator().manual_seed(0)
     x, h0 = torch.randn(16, 50, 24, generator=g), torch.randn(16, 64, generator=g)
@@ -125,7 +125,7 @@ def test_loading_the_library_keeps_subnormals(tmp_path):
     when it is loaded; with subnormals kept, they must survive the load."""
     code = (
         "import torch\n"
-        "from bpttlab.kernels import compiled\n"
+        "from bpttlab.cells.kernels import compiled\n"
         "torch.set_flush_denormal(False)\n"
         "before = 1e-310 * 1.0 != 0\n"
         "assert compiled.build('lstm_step') is not None\n"

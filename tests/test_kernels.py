@@ -1,4 +1,4 @@
-"""bpttlab's kernels (``bpttlab.kernels``) against the equations written out here as a plain
+"""bpttlab's kernels (``bpttlab.cells.kernels``) against the equations written out here as a plain
 float64 loop: outputs, final state and the gradients with respect to the inputs, the initial
 state and all four weights, under an upstream gradient on every output and on the final state;
 then gradcheck on a tiny size, float32 agreement with torch's nn.RNN/nn.GRU/nn.LSTM, the
@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from bpttlab import kernels
-from bpttlab.kernels import compiled
+from bpttlab.cells import kernels
+from bpttlab.cells.kernels import compiled
+from bpttlab.checks import ConfigError
 from bpttlab.model import RecurrentNet
-from bpttlab.validation import ConfigError
 
 B, T, E, H = 3, 11, 4, 5
 KINDS = ["rnn_tanh", "rnn_relu", "gru", "lstm"]

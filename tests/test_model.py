@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from bpttlab.checks import ConfigError
 from bpttlab.model import RecurrentNet, Trace
-from bpttlab.validation import ConfigError
 
 B, T, H, VOCAB, CHANNELS, OUT = 3, 7, 5, 6, 3, 4
 

@@ -8,7 +8,7 @@ from conftest import fit, small_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bpttlab import CopyTask, module
-from bpttlab.progress import ProgressBar
+from bpttlab.cli.progress import ProgressBar
 from bpttlab.tasks import VALIDATION, batch_generator
 
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import yaml
 
-from bpttlab import report_figures, stats
-from bpttlab.compare import compare, parse
-from bpttlab.report import main, report, summary_table
-from bpttlab.report_figures import median_band, seed_matrix
-from bpttlab.sweep import group_runs, read_runs, varying
+from bpttlab.analysis import figures as report_figures
+from bpttlab.analysis import stats
+from bpttlab.analysis.compare import compare, parse
+from bpttlab.analysis.figures import median_band, seed_matrix
+from bpttlab.analysis.report import main, report, summary_table
+from bpttlab.analysis.sweep import group_runs, read_runs, varying
 
 BIN = Path(sys.executable).parent
 
@@ -142,7 +143,7 @@ def test_a_setting_outside_the_hyperparameters_splits_groups_and_names_itself(tm
 def test_the_progress_bar_does_not_split_a_group(tmp_path):
     """Runs that differ in seed and in how they show progress are one group of three."""
     root = tmp_path / "sweep"
-    bars = ["lightning.pytorch.callbacks.TQDMProgressBar", "bpttlab.progress.ProgressBar", None]
+    bars = ["lightning.pytorch.callbacks.TQDMProgressBar", "bpttlab.cli.progress.ProgressBar", None]
     for seed, bar in enumerate(bars):
         run = write_run(root, f"run_{seed}", unsolved(0.9), seed)
         config = yaml.safe_load((run / "config.yaml").read_text())
@@ -318,7 +319,7 @@ def test_summary_grid_by_task_and_gap(tmp_path):
 
 
 def test_report_imports_without_lightning():
-    code = "import sys, bpttlab.report; assert 'lightning' not in sys.modules, 'lightning loaded'"
+    code = "import sys, bpttlab.analysis.report; assert 'lightning' not in sys.modules, 'lightning loaded'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

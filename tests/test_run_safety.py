@@ -16,10 +16,10 @@ from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_train import SMALL, config
 
-from bpttlab import validation
-from bpttlab.resume import check_resume
-from bpttlab.rundir import RunLock, live_pid
-from bpttlab.train import train
+from bpttlab import checks
+from bpttlab.cli.run import train
+from bpttlab.runs.resume import check_resume
+from bpttlab.runs.rundir import RunLock, live_pid
 
 CLI = str(Path(sys.executable).parent / "bpttlab-train")
 TINY = [*SMALL, "task=copy", "callbacks.progress_bar=null", "trainer.val_check_interval=3"]
@@ -36,7 +36,7 @@ class Crash(L.Callback):
 def test_a_second_lock_on_a_live_run_dir_is_refused(tmp_path):
     with RunLock(tmp_path):
         assert live_pid(tmp_path) is not None
-        with pytest.raises(validation.ConfigError, match="no live run is using"), RunLock(tmp_path):
+        with pytest.raises(checks.ConfigError, match="no live run is using"), RunLock(tmp_path):
             pass
     assert live_pid(tmp_path) is None
 
@@ -44,7 +44,7 @@ def test_a_second_lock_on_a_live_run_dir_is_refused(tmp_path):
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     """SIGKILL the process holding the lock: the lock is free at once."""
     code = (
-        "import sys, time; from bpttlab.rundir import RunLock; "
+        "import sys, time; from bpttlab.runs.rundir import RunLock; "
         f"lock = RunLock({str(tmp_path)!r}).__enter__(); print('locked', flush=True); time.sleep(60)"
     )
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -84,12 +84,12 @@ def test_resume_refuses_another_config_and_keeps_the_finished_record(tmp_path, c
     other = config(
         *TINY, "trainer.max_steps=6", "cell=gru", "seed=7", "resume=true", run_dir=tmp_path
     )
-    with pytest.raises(validation.ConfigError) as error:
+    with pytest.raises(checks.ConfigError) as error:
         check_resume(other)
     assert str(error.value).endswith(
         "this command changes cell.forget_bias, cell.kernel, cell.kind, cell.onednn, seed"
     )
-    with pytest.raises(validation.ConfigError):
+    with pytest.raises(checks.ConfigError):
         train(other)
     # only the budget may change: that resume goes on and ends completed
     longer = config(*TINY, "trainer.max_steps=12", "resume=true", run_dir=tmp_path)
@@ -122,7 +122,7 @@ def test_the_resume_command_names_the_run_dir_as_hydra_reads_it(tmp_path, name):
     commas, brackets, backslashes): the printed resume command gives Hydra back that dir."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from bpttlab.train import resume_hint
+    from bpttlab.cli.run import resume_hint
 
     run_dir = tmp_path / name
     line = next(a for a in shlex.split(resume_hint(run_dir)) if a.startswith("hydra.run.dir="))

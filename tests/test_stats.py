@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from bpttlab import stats
+from bpttlab.analysis import stats
 
 Z = 1.959963984540054  # the 97.5 % normal quantile
 

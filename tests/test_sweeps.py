@@ -15,7 +15,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from bpttlab.report import report
+from bpttlab.analysis.report import report
 
 CLI = [str(Path(sys.executable).parent / "bpttlab-train")]
 SMALL = [

@@ -11,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from bpttlab.checks import ConfigError
 from bpttlab.tasks import (
     AssociativeRecallTask,
     Batch,
@@ -20,7 +21,6 @@ from bpttlab.tasks import (
     VariableCopyTask,
     batch_generator,
 )
-from bpttlab.validation import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
 

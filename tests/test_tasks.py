@@ -120,7 +120,7 @@ def test_batches_are_seeded_and_train_and_validation_never_meet(task):
 
 
 def test_bad_task_values_name_their_key():
-    from bpttlab.validation import ConfigError
+    from bpttlab.checks import ConfigError
 
     for make, message in (
         (lambda: CopyTask(gap=0), "gap"),

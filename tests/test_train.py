@@ -13,8 +13,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bpttlab import validation
-from bpttlab.train import CONFIG_DIR, build_module, build_trainer, check_config, train
+from bpttlab import checks
+from bpttlab.cli import command_line
+from bpttlab.cli.build import build_module, build_trainer, check_config
+from bpttlab.cli.run import train
+from bpttlab.cli.train import CONFIG_DIR
 
 GROUPS = ("cell", "task", "bptt", "clip", "optim", "trainer", "logger", "callbacks")
 GROUPS += ("experiment", "hparams_search")
@@ -113,8 +116,8 @@ BAD = [
 @pytest.mark.parametrize(("line", "key"), BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_one_line_naming_the_key(line, key):
     """Each typo-class mistake raises a one-line ConfigError that names the key."""
-    with pytest.raises(validation.ConfigError) as error:
-        validation.check_command_line(line.split(), CONFIG_DIR, "train", check_config)
+    with pytest.raises(checks.ConfigError) as error:
+        command_line.check_command_line(line.split(), CONFIG_DIR, "train", check_config)
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"{key}=")
     assert "accepts" in message
@@ -228,9 +231,9 @@ def test_end_to_end_console_script(tmp_path):
 
 
 def test_python_dash_m_is_the_console_script(tmp_path):
-    """`python -m bpttlab.train` is the same entry (checked on its one-line error path)."""
+    """`python -m bpttlab.cli.train` is the same entry (checked on its one-line error path)."""
     result = subprocess.run(
-        [sys.executable, "-m", "bpttlab.train", "cell=foo"],
+        [sys.executable, "-m", "bpttlab.cli.train", "cell=foo"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -289,7 +292,7 @@ def test_an_installed_wheel_finds_every_config(tmp_path):
     assert shipped == {p.relative_to(root / "conf") for p in (root / "conf").rglob("*.yaml")}
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
-        [sys.executable, "-m", "bpttlab.train", "cell=foo"],
+        [sys.executable, "-m", "bpttlab.cli.train", "cell=foo"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -302,7 +305,7 @@ def test_an_installed_wheel_finds_every_config(tmp_path):
         [
             sys.executable,
             "-c",
-            "from bpttlab.kernels import compiled as c; print(c.build('lstm_step'))",
+            "from bpttlab.cells.kernels import compiled as c; print(c.build('lstm_step'))",
         ],
         env=env,
         capture_output=True,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.model import RecurrentNet, State, Trace, detach_state
 from bpttlab.tasks import Batch
 
@@ -44,15 +44,15 @@ class BPTT:
     update_every: int | None = None  # k1 <= k2; None: the truncation
 
     def __post_init__(self) -> None:
-        validation.integer("truncation", self.truncation, 1, optional=True)
-        validation.integer("update_every", self.update_every, 1, optional=True)
+        checks.integer("truncation", self.truncation, 1, optional=True)
+        checks.integer("update_every", self.update_every, 1, optional=True)
         if self.update_every is not None:
             if self.truncation is None:
-                raise validation.ConfigError(
+                raise checks.ConfigError(
                     "update_every", self.update_every, "null when truncation is null"
                 )
             if self.update_every > self.truncation:
-                raise validation.ConfigError(
+                raise checks.ConfigError(
                     "update_every",
                     self.update_every,
                     f"an integer from 1 to truncation={self.truncation}, or null",

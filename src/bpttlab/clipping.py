@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.model import Trace
 
 MODES = ("none", "norm", "value", "timestep")
@@ -33,8 +33,8 @@ class Clipping:
     clipped_deltas: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        validation.choice("mode", self.mode, MODES)
-        self.threshold = validation.positive("threshold", self.threshold)
+        checks.choice("mode", self.mode, MODES)
+        self.threshold = checks.positive("threshold", self.threshold)
 
     def trace_hooks(self, batch_size: int) -> list[Callable[[Trace, int], None]]:
         """The trace hooks that clip per timestep (none unless mode is ``timestep``).

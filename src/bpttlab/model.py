@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from torch import Tensor, nn
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.cells import CELLS, LayerState
 
 State = tuple[LayerState, ...]
@@ -93,17 +93,17 @@ class RecurrentNet(nn.Module):
         **cell_options,
     ):
         super().__init__()
-        cell = CELLS[validation.choice("kind", kind, sorted(CELLS))]
+        cell = CELLS[checks.choice("kind", kind, sorted(CELLS))]
         options = set(inspect.signature(cell).parameters) - {"input_size", "hidden_size", "t_max"}
         for key, value in cell_options.items():
             if key not in options:
-                raise validation.ConfigError(
+                raise checks.ConfigError(
                     key, value, f"nothing for cell {kind}: it takes {', '.join(sorted(options))}"
                 )
         self.kind = kind
-        self.hidden_size = validation.integer("hidden_size", hidden_size, 1)
-        self.num_layers = validation.integer("num_layers", num_layers, 1)
-        validation.integer("embedding_dim", embedding_dim, 1)
+        self.hidden_size = checks.integer("hidden_size", hidden_size, 1)
+        self.num_layers = checks.integer("num_layers", num_layers, 1)
+        checks.integer("embedding_dim", embedding_dim, 1)
         self.token_input = token_input
         if token_input:
             self.encoder: nn.Module = nn.Embedding(input_size, embedding_dim)

@@ -20,10 +20,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from bpttlab.bptt import BPTT, TraceHook, Window, run_windows
+from bpttlab.checks import integer
 from bpttlab.clipping import Clipping
 from bpttlab.model import RecurrentNet
 from bpttlab.tasks import Batch, BatchSource, Task
-from bpttlab.validation import integer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 VALIDATION_CHUNK = 256

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bpttlab import kernels
+from bpttlab.cells import kernels
 from bpttlab.cells.base import LayerState, register
 from bpttlab.cells.torch_recurrence import TorchRecurrence, chrono_bias
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.cells.base import Cell, LayerState, StepStates, register
 
 
@@ -112,13 +112,13 @@ class LRUCell(Cell):
         max_phase: float = 2 * math.pi,
     ):
         super().__init__(input_size, hidden_size, t_max)
-        n = validation.integer("state_size", state_size, 1, optional=True) or hidden_size
+        n = checks.integer("state_size", state_size, 1, optional=True) or hidden_size
         for key, value in (("r_min", r_min), ("r_max", r_max)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-                raise validation.ConfigError(key, value, "a number in [0, 1)")
+                raise checks.ConfigError(key, value, "a number in [0, 1)")
         if r_min >= r_max:
-            raise validation.ConfigError("r_min", r_min, f"a number below r_max={r_max}")
-        validation.positive("max_phase", max_phase)
+            raise checks.ConfigError("r_min", r_min, f"a number below r_max={r_max}")
+        checks.positive("max_phase", max_phase)
         self.state_size = n
         self.encoder = nn.Linear(input_size, hidden_size) if input_size != hidden_size else None
         H = hidden_size

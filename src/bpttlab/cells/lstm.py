@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from bpttlab import kernels, validation
+from bpttlab import checks
+from bpttlab.cells import kernels
 from bpttlab.cells.base import LayerState, register
 from bpttlab.cells.torch_recurrence import TorchRecurrence, chrono_bias
 
@@ -33,7 +34,7 @@ class LSTMCell(TorchRecurrence):
         kernel: str = "torch",
     ):
         if forget_bias is not None and not isinstance(forget_bias, int | float):
-            raise validation.ConfigError("forget_bias", forget_bias, "a number or null")
+            raise checks.ConfigError("forget_bias", forget_bias, "a number or null")
         self.forget_bias = forget_bias
         super().__init__(input_size, hidden_size, t_max, init, onednn, kernel)
 

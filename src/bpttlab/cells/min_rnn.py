@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.cells.base import Cell, LayerState, StepStates
 from bpttlab.cells.log_scan import log_space_scan
 
@@ -55,14 +55,14 @@ class MinRecurrence(Cell):
         ff_mult: int = 4,
     ):
         super().__init__(input_size, hidden_size, t_max)
-        validation.positive("expansion", expansion)
+        checks.positive("expansion", expansion)
         self.state_size = int(expansion * hidden_size)
         if self.state_size < 1:
-            raise validation.ConfigError(
+            raise checks.ConfigError(
                 "expansion", expansion, f"a number >= 1/{hidden_size} (one state unit at least)"
             )
-        self.block = validation.boolean("block", block)
-        self.ff_mult = validation.integer("ff_mult", ff_mult, 0)
+        self.block = checks.boolean("block", block)
+        self.ff_mult = checks.integer("ff_mult", ff_mult, 0)
         width = input_size
         if block:
             self.proj_in = nn.Linear(input_size, hidden_size) if input_size != hidden_size else None

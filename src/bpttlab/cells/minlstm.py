@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.cells.base import register
 from bpttlab.cells.log_scan import g, log_g
 from bpttlab.cells.min_rnn import MinRecurrence
@@ -35,7 +35,7 @@ class MinLSTMCell(MinRecurrence):
         forget_bias: float = 0.0,
     ):
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, int | float):
-            raise validation.ConfigError("forget_bias", forget_bias, "a number")
+            raise checks.ConfigError("forget_bias", forget_bias, "a number")
         super().__init__(input_size, hidden_size, t_max, expansion, block, ff_mult)
         with torch.no_grad():
             self.linear.bias[self.state_size : 2 * self.state_size] += forget_bias

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.cells.base import Cell, LayerState, StepStates, register
 
 INITS = ("henaff", "cayley", "random")
@@ -76,9 +76,9 @@ class OrthogonalCell(Cell):
         recurrent_lr: float | None = None,
     ):
         super().__init__(input_size, hidden_size, t_max)
-        self.init = validation.choice("init", init, INITS)
+        self.init = checks.choice("init", init, INITS)
         self.recurrent_lr = (
-            None if recurrent_lr is None else validation.positive("recurrent_lr", recurrent_lr)
+            None if recurrent_lr is None else checks.positive("recurrent_lr", recurrent_lr)
         )
         self.input = nn.Linear(input_size, hidden_size, bias=False)
         nn.init.kaiming_normal_(self.input.weight, nonlinearity="relu")

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bpttlab import kernels, validation
+from bpttlab import checks
+from bpttlab.cells import kernels
 from bpttlab.cells.base import LayerState, register
 from bpttlab.cells.torch_recurrence import TorchRecurrence
 
@@ -32,7 +33,7 @@ class RNNCell(TorchRecurrence):
         onednn: bool = False,
         kernel: str = "torch",
     ):
-        validation.choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        checks.choice("nonlinearity", nonlinearity, NONLINEARITIES)
         super().__init__(
             input_size, hidden_size, t_max, init, onednn, kernel, nonlinearity=nonlinearity
         )

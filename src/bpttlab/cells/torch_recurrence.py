@@ -5,7 +5,7 @@ same parameters. On CPU the fused path runs PyTorch's native kernel rather than 
 each subclass's ``step`` repeats that kernel's operations in the same order
 (aten/src/ATen/native/RNN.cpp), so on CPU both paths give bitwise-equal outputs and gradients:
 probing a training step through the unrolled path never changes the result. With
-``kernel="bpttlab"`` the fused path on CPU is bpttlab's own kernel (``bpttlab.kernels``)
+``kernel="bpttlab"`` the fused path on CPU is bpttlab's own kernel (``bpttlab.cells.kernels``)
 instead, equal to the unrolled path up to float rounding.
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.cells.base import Cell, LayerState, Sinks, StepStates
 
 
@@ -63,9 +63,9 @@ class TorchRecurrence(Cell):
         **module_args,
     ):
         super().__init__(input_size, hidden_size, t_max)
-        self.init = validation.choice("init", init, self.inits)
+        self.init = checks.choice("init", init, self.inits)
         self.onednn = onednn
-        self.kernel = validation.choice("kernel", kernel, self.kernels)
+        self.kernel = checks.choice("kernel", kernel, self.kernels)
         self.rnn = self.module(input_size, hidden_size, 1, batch_first=True, **module_args)
         with torch.no_grad():
             if init == "orthogonal":
@@ -133,5 +133,5 @@ class TorchRecurrence(Cell):
 def chrono_bias(hidden_size: int, t_max: int | None) -> Tensor:
     """log U[1, t_max - 1] per unit: gate time constants spread up to the task's length
     (Tallec & Ollivier 2018)."""
-    t_max = validation.integer("t_max", t_max, 3)
+    t_max = checks.integer("t_max", t_max, 3)
     return torch.log(torch.empty(hidden_size).uniform_(1, t_max - 1))

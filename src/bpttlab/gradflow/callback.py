@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.bptt import shared_timesteps
 from bpttlab.gradflow.figures import heatmap_figure, profile_figure
 from bpttlab.gradflow.profile import Probe, profile_summary, save_profile
@@ -49,10 +49,10 @@ class GradientFlow(L.Callback):
         figures_every_n_steps: int = 200,
         save_dir: str | None = None,
     ):
-        self.every_n_steps = validation.integer("every_n_steps", every_n_steps, 1)
-        self.past_threshold = validation.positive("past_threshold", past_threshold)
-        self.full_reference = validation.boolean("full_reference", full_reference)
-        self.figures_every_n_steps = validation.integer(
+        self.every_n_steps = checks.integer("every_n_steps", every_n_steps, 1)
+        self.past_threshold = checks.positive("past_threshold", past_threshold)
+        self.full_reference = checks.boolean("full_reference", full_reference)
+        self.figures_every_n_steps = checks.integer(
             "figures_every_n_steps", figures_every_n_steps, 1
         )
         self.save_dir = Path(save_dir) if save_dir else None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.tasks.base import Batch, Task
 
 
@@ -30,7 +30,7 @@ class AddingTask(Task):
     token_input = False
 
     def __post_init__(self) -> None:
-        validation.integer("gap", self.gap, 2)
+        checks.integer("gap", self.gap, 2)
 
     @property
     def seq_len(self) -> int:

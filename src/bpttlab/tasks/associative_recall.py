@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.tasks.base import Batch, Task
 
 BLANK = 0
@@ -39,9 +39,9 @@ class AssociativeRecallTask(Task):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        validation.integer("num_pairs", self.num_pairs, 1)
-        validation.integer("num_keys", self.num_keys, self.num_pairs)
-        validation.integer("num_values", self.num_values, 2)
+        checks.integer("num_pairs", self.num_pairs, 1)
+        checks.integer("num_keys", self.num_keys, self.num_pairs)
+        checks.integer("num_values", self.num_values, 2)
 
     @property
     def query_start(self) -> int:

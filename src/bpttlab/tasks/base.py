@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bpttlab import validation
+from bpttlab import checks
 
 TRAIN, VALIDATION = 0, 1
 SEED_LIMIT = 2**30  # run seeds accepted: 0 .. SEED_LIMIT - 1
@@ -81,7 +81,7 @@ class Task:
     token_input = True  # integer tokens; False: real-valued channels
 
     def __post_init__(self) -> None:
-        validation.integer("gap", self.gap, 1)
+        checks.integer("gap", self.gap, 1)
 
     # -- what a subclass defines -------------------------------------------------------------
     @property

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.tasks.base import Batch, Task
 
 
@@ -37,8 +37,8 @@ class DelayedRecallTask(Task):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        validation.integer("num_classes", self.num_classes, 2)
-        validation.integer("distractors", self.distractors, 1)
+        checks.integer("num_classes", self.num_classes, 2)
+        checks.integer("distractors", self.distractors, 1)
 
     @property
     def marker(self) -> int:

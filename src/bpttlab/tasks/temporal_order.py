@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.tasks.base import Batch, Task
 
 CLASSES = 4  # AA, AB, BA, BB
@@ -36,8 +36,8 @@ class TemporalOrderTask(Task):
     name = "temporal_order"
 
     def __post_init__(self) -> None:
-        validation.integer("gap", self.gap, 10)
-        validation.integer("distractors", self.distractors, 1)
+        checks.integer("gap", self.gap, 10)
+        checks.integer("distractors", self.distractors, 1)
 
     @property
     def seq_len(self) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bpttlab import validation
+from bpttlab import checks
 from bpttlab.tasks.base import Batch, Task
 
 BLANK = 0
@@ -35,9 +35,9 @@ class VariableCopyTask(Task):
     name = "variable_copy"
 
     def __post_init__(self) -> None:
-        validation.integer("num_symbols", self.num_symbols, 2)
-        validation.integer("recall", self.recall, 1)
-        validation.integer("gap", self.gap, self.recall)
+        checks.integer("num_symbols", self.num_symbols, 2)
+        checks.integer("recall", self.recall, 1)
+        checks.integer("gap", self.gap, self.recall)
 
     @property
     def marker(self) -> int:

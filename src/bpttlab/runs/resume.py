@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bpttlab.outcome import one_line
-from bpttlab.validation import ConfigError
+from bpttlab.checks import ConfigError
+from bpttlab.runs.outcome import one_line
 
 MAY_CHANGE = ("trainer.max_steps", "resume", "keep_freed_memory")
 """Keys a resumed run may set differently from the run it continues: the budget, and settings

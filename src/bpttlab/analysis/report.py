@@ -3,7 +3,7 @@
     bpttlab-report outputs/multirun/<date>/<time> [--out DIR] [--compare KEY=A,B]
 
 Reads every run dir below PATH that holds a metrics.json (with its config.yaml, events and
-grad_flow/ profiles), groups the runs whose configs differ only in ``seed`` (``bpttlab.sweep``)
+grad_flow/ profiles), groups the runs whose configs differ only in ``seed`` (``bpttlab.analysis.sweep``)
 and writes into DIR (default PATH/report):
 
 - report.md and report.csv: a row per group: the settings that tell the groups apart; n (the
@@ -14,9 +14,9 @@ and writes into DIR (default PATH/report):
   "3/3 solved, median step 650 [500-800]" or "0/3, 0.94 ± 0.02". report.md then lists every
   run with its status (runs.csv holds the same rows) and, when task or gap vary, the summary
   cells as a grid: a row per setting, a column per task and gap.
-- results.png, curves.png, profiles.png (``bpttlab.report_figures``).
+- results.png, curves.png, profiles.png (``bpttlab.analysis.figures``).
 - with ``--compare KEY=A,B``: compare_<KEY>.md, the per-seed paired differences B - A and their
-  sign and Wilcoxon tests (``bpttlab.compare``), also printed.
+  sign and Wilcoxon tests (``bpttlab.analysis.compare``), also printed.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bpttlab import compare as paired
-from bpttlab import report_figures
-from bpttlab.sweep import Group, Run, group_runs, read_runs, value, varying
+from bpttlab.analysis import compare as paired
+from bpttlab.analysis import figures as report_figures
+from bpttlab.analysis.sweep import Group, Run, group_runs, read_runs, value, varying
 
 RUN_RESULTS = ("status", "solved", "solved_at_step", "normalized_loss", "diverged", "steps")
 GROUP_RESULTS = (

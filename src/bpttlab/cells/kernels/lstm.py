@@ -7,7 +7,7 @@ covers every gate (tanh(g) = 2 sigmoid(2g) - 1). The backward computes each step
 gradients in the loop (on small, cache-resident tensors) into one (T, B, 4H) buffer, from which
 one GEMM each gives dW_ih, dW_hh and dx. The step loops run in C (lstm_step.c: each step's GEMM
 by torch's BLAS, then its element-wise work in one pass) for float32 on CPU where the C library
-could be built (``bpttlab.kernels.compiled``), else as torch operations (``TorchSteps``).
+could be built (``bpttlab.cells.kernels.compiled``), else as torch operations (``TorchSteps``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bpttlab.kernels import compiled
-from bpttlab.kernels.activation import tanh
+from bpttlab.cells.kernels import compiled
+from bpttlab.cells.kernels.activation import tanh
 
 TO_INSIDE = [3, 0, 1, 2]  # torch's gate blocks i, f, g, o in the order o, i, f, g
 TO_TORCH = [1, 2, 3, 0]

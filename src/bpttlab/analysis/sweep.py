@@ -19,8 +19,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from bpttlab import stats
-from bpttlab.hparams import KEYS, hyperparameters
+from bpttlab.analysis import stats
+from bpttlab.cli.hparams import KEYS, hyperparameters
 
 STATUSES = ("completed", "diverged", "interrupted", "failed")
 FINISHED = ("completed", "diverged")

@@ -10,7 +10,7 @@ from types import FrameType
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
-from bpttlab.checkpoint import LastCheckpoint, validation_follows
+from bpttlab.runs.checkpoint import LastCheckpoint, validation_follows
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -2,7 +2,7 @@
 
 The step loops run in C (rnn_step.c: each step's GEMM by torch's BLAS, then the activation
 forward, or the slope and the hand-over of dL/dy backward) for float32 on CPU where the C
-library could be built (``bpttlab.kernels.compiled``), else as torch operations
+library could be built (``bpttlab.cells.kernels.compiled``), else as torch operations
 (``TorchSteps``).
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bpttlab.kernels import compiled
-from bpttlab.kernels.activation import tanh
+from bpttlab.cells.kernels import compiled
+from bpttlab.cells.kernels.activation import tanh
 
 
 @dataclass

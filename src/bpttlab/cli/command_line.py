@@ -1,6 +1,4 @@
-"""Bad input gets a one-line error that names the config key and what it accepts.
-
-Constructors check their own arguments with the helpers below; ``check_command_line`` composes
+"""The command line's checks: ``check_command_line`` composes
 every run that a command line asks for and builds it, so that a typo anywhere in a sweep fails
 in one line before the first run starts.
 """
@@ -11,7 +9,7 @@ import copy
 import itertools
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -22,68 +20,7 @@ from hydra.errors import HydraException, MissingConfigException, OverrideParseEx
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A config value that bpttlab cannot run with. ``str(error)`` is one line."""
-
-    def __init__(self, key: str, value: object, accepts: str):
-        self.key = key
-        super().__init__(f"{key}={value!r} is invalid: {key} accepts {accepts}")
-
-    def under(self, prefix: str) -> ConfigError:
-        """The same error for a key that lives under ``prefix`` in the config tree."""
-        if self.key == prefix or self.key.startswith(prefix + "."):
-            return self
-        error = ConfigError.__new__(ConfigError)
-        error.key = f"{prefix}.{self.key}"
-        message = str(self).replace(self.key, error.key)
-        ValueError.__init__(error, message)
-        return error
-
-    @classmethod
-    def failed(cls, key: str, error: BaseException) -> ConfigError:
-        """The config under ``key`` could not be built: say why, in one line."""
-        self = cls.__new__(cls)
-        self.key = key
-        reason = " ".join(str(error).split()) or type(error).__name__
-        ValueError.__init__(self, f"{key}: cannot be built from this config: {reason}")
-        return self
-
-
-def boolean(key: str, value: object) -> bool:
-    """Return ``value`` if it is a bool, else raise ConfigError."""
-    if not isinstance(value, bool):
-        raise ConfigError(key, value, "true or false")
-    return value
-
-
-def choice(key: str, value: object, choices: Iterable[str]) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise ConfigError."""
-    choices = tuple(choices)
-    if value not in choices:
-        raise ConfigError(key, value, "one of " + ", ".join(choices))
-    return value
-
-
-def integer(key: str, value: object, minimum: int, optional: bool = False) -> int | None:
-    """Return ``value`` as an int >= ``minimum`` (or None when ``optional``), else raise."""
-    if value is None and optional:
-        return None
-    accepts = f"an integer >= {minimum}" + (" or null" if optional else "")
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(key, value, accepts)
-    return value
-
-
-def positive(key: str, value: object) -> float:
-    """Return ``value`` as a finite float > 0, else raise ConfigError."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 < value < float("inf")
-    ):
-        raise ConfigError(key, value, "a finite number > 0")
-    return float(value)
+from bpttlab.checks import ConfigError
 
 
 class UsageError(ConfigError):

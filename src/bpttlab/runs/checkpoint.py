@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
-from bpttlab import validation
+from bpttlab import checks
 
 LAST = "last.ckpt"
 
@@ -41,7 +41,7 @@ class LastCheckpoint(Checkpoint):
 
     def __init__(self, dirpath: str | None, every_n_train_steps: int = 200):
         self.dirpath = Path(dirpath or "checkpoints")
-        self.every_n_train_steps = validation.integer("every_n_train_steps", every_n_train_steps, 1)
+        self.every_n_train_steps = checks.integer("every_n_train_steps", every_n_train_steps, 1)
         self.saved_at_step: int | None = None
         self._after_validation = False
 

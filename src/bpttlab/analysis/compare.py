@@ -16,8 +16,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from bpttlab import stats
-from bpttlab.sweep import Group, Run, varying
+from bpttlab.analysis import stats
+from bpttlab.analysis.sweep import Group, Run, varying
 
 ALPHA = 0.05
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bpttlab.validation import ConfigError
+from bpttlab.checks import ConfigError
 
 LOCK_NAME = ".lock"
 

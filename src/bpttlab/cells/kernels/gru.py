@@ -7,7 +7,7 @@ dL/d(n pre-activation, r and z pre-activations, W_hn h + b_hn) in that order: th
 columns are the input side (dW_ih, dx) and the last three the hidden side (dW_hh and the step's
 GEMM), each one contiguous block. The step loops run in C (gru_step.c: each step's GEMM by
 torch's BLAS, then its element-wise work in one pass) for float32 on CPU where the C library
-could be built (``bpttlab.kernels.compiled``), else as torch operations (``TorchSteps``, which
+could be built (``bpttlab.cells.kernels.compiled``), else as torch operations (``TorchSteps``, which
 compute the backward's factors for all timesteps at once before the loop).
 """
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from bpttlab.kernels import compiled
-from bpttlab.kernels.activation import tanh
+from bpttlab.cells.kernels import compiled
+from bpttlab.cells.kernels.activation import tanh
 
 
 @dataclass

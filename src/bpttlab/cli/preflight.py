@@ -9,9 +9,10 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from bpttlab.resume import check_resume
-from bpttlab.rundir import busy, check_writable, live_pid
-from bpttlab.validation import MULTIRUN_FLAGS, ConfigError, parse_overrides
+from bpttlab.checks import ConfigError
+from bpttlab.cli.command_line import MULTIRUN_FLAGS, parse_overrides
+from bpttlab.runs.resume import check_resume
+from bpttlab.runs.rundir import busy, check_writable, live_pid
 
 
 def last_value(args: list[str], key: str) -> str | None:

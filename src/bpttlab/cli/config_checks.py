@@ -10,7 +10,7 @@ import os
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from bpttlab.validation import ConfigError, boolean, choice, integer, positive
+from bpttlab.checks import ConfigError, boolean, choice, integer, positive
 
 METRICS = (
     "final_val_loss",

@@ -7,8 +7,8 @@ weight, bias and input gradients with one GEMM or sum over all timesteps. Each k
 loops run in C where they can be compiled (``compiled``, ``*_step.c``).
 """
 
-from bpttlab.kernels.gru import gru
-from bpttlab.kernels.lstm import lstm
-from bpttlab.kernels.rnn import rnn
+from bpttlab.cells.kernels.gru import gru
+from bpttlab.cells.kernels.lstm import lstm
+from bpttlab.cells.kernels.rnn import rnn
 
 __all__ = ["gru", "lstm", "rnn"]

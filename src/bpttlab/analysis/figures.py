@@ -19,9 +19,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bpttlab.analysis.sweep import Group, Run, value, varying
 from bpttlab.gradflow.figures import shade_landmarks
 from bpttlab.gradflow.profile import load_profile
-from bpttlab.sweep import Group, Run, value, varying
 
 BAND = (0.25, 0.75)
 """The seeds' quantiles that bound the bands (the interquartile range)."""

@@ -1,0 +1,1 @@
+"""Analysis: reading sweeps, statistics, paired comparisons, the report and its figures."""

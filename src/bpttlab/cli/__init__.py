@@ -1,0 +1,1 @@
+"""The command line: the Hydra entry point, config checks, preflight and hparams."""

@@ -1,0 +1,144 @@
+"""Build a run's parts from its Hydra config: a one-line ConfigError naming the key for a value
+that cannot be built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from bpttlab import checks
+from bpttlab.cli import config_checks
+from bpttlab.module import SequenceModule
+from bpttlab.tasks.base import SEED_LIMIT
+
+CONFIG_MISTAKES = (ValueError, TypeError, MisconfigurationException, OmegaConfBaseException)
+
+
+def build_module(cfg: DictConfig, cache: dict | None = None) -> SequenceModule:
+    """Task, model, optimiser, BPTT schedule and clipping, assembled into a SequenceModule."""
+    seed = checks.integer("seed", cfg.seed, 0)
+    if seed >= SEED_LIMIT:
+        raise checks.ConfigError("seed", seed, f"an integer from 0 to {SEED_LIMIT - 1}")
+    checks.positive("optim.lr", cfg.optim.get("lr"))
+    if cache is None:  # a check builds nothing that it keeps
+        L.seed_everything(seed, verbose=False)
+    task = _instantiate("task", cfg.task, cache=cache)
+    batch_size = cfg.module.get("batch_size")
+    if isinstance(batch_size, int):
+        config_checks.check_memory(cfg.cell, task.seq_len, task.input_size, batch_size)
+    model = _instantiate(
+        "cell",
+        cfg.cell,
+        cache=cache,
+        input_size=task.input_size,
+        output_size=task.output_size,
+        token_input=task.token_input,
+        t_max=task.seq_len,
+    )
+    make_module = _instantiate("module", cfg.module, cache=cache, _partial_=True)
+    parts = {
+        "optimizer": _instantiate("optim", cfg.optim, cache=cache),
+        "bptt": _instantiate("bptt", cfg.bptt, cache=cache),
+        "clipping": _instantiate("clip", cfg.clip, cache=cache),
+    }
+    # what a module checks does not depend on the optimiser or the seed
+    slot = (
+        "module",
+        *(id(x) for x in (make_module, model, task, parts["bptt"], parts["clipping"])),
+    )
+    if cache is not None and slot in cache:
+        return cache[slot]
+    try:  # objects, not configs: instantiate would turn them into DictConfigs
+        module = make_module(model=model, task=task, seed=seed, **parts)
+    except checks.ConfigError as error:
+        raise error.under("module") from None
+    if cache is not None:
+        cache[slot] = module
+    return module
+
+
+def check_config(cfg: DictConfig, cache: dict | None = None) -> None:
+    """Build what a run is made of that can be built without a run dir, to validate ``cfg``.
+    With a ``cache`` (a sweep's check), each object is built once per config node."""
+    config_checks.check_top_level(cfg)
+    build_module(cfg, cache)
+    _once(cache, "trainer", cfg.trainer, config_checks.check_trainer)
+    _once(cache, "optim", cfg.optim, config_checks.check_optim)
+    callbacks = cfg.get("callbacks") or {}
+    for name, node in callbacks.items():  # paths in the run dir: not made by a check
+        paths = {k: None for k in ("save_dir", "dirpath") if node is not None and k in node}
+        if node is not None:
+            _instantiate(f"callbacks.{name}", node, cache=cache, **paths)
+    grad_flow = callbacks.get("grad_flow")
+    if grad_flow is not None and not cfg.get("logger"):
+        raise checks.ConfigError(
+            "logger",
+            None,
+            "a logger while callbacks.grad_flow is on (drop it with ~callbacks.grad_flow)",
+        )
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> L.Trainer:
+    chosen = (cfg.get("callbacks") or {}).items()
+    callbacks = [_instantiate(f"callbacks.{k}", v) for k, v in chosen if v is not None]
+    callbacks += list(extra_callbacks)
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    logger = _instantiate("logger", cfg.logger) if cfg.get("logger") else False
+    return _instantiate("trainer", cfg.trainer, logger=logger, callbacks=callbacks)
+
+
+def _instantiate(key: str, node: DictConfig, cache: dict | None = None, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate; a bad value becomes a one-line ConfigError on ``key``. With a
+    ``cache``, a node (the same object) with the same arguments is built, or fails, once."""
+    if cache is None:
+        return _build(key, node, **kwargs)
+    slot = (key, id(node), repr(sorted(kwargs.items())))
+    if slot not in cache:
+        try:
+            cache[slot] = (node, _build(key, node, **kwargs))
+        except checks.ConfigError as error:
+            cache[slot] = (node, error)
+    built = cache[slot][1]
+    if isinstance(built, checks.ConfigError):
+        raise built
+    return built
+
+
+def _once(cache: dict | None, key: str, node: DictConfig, check: Callable) -> None:
+    """``check(node)``, once per node when there is a cache."""
+    if cache is None:
+        return check(node)
+    slot = ("check", key, id(node))
+    if slot not in cache:
+        try:
+            check(node)
+            cache[slot] = (node, None)
+        except checks.ConfigError as error:
+            cache[slot] = (node, error)
+    if cache[slot][1] is not None:
+        raise cache[slot][1]
+
+
+def _build(key: str, node: DictConfig, **kwargs: Any) -> Any:
+    config_checks.check_finite(key, node)
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as error:
+        cause = error
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, checks.ConfigError):
+            raise cause.under(key) from None
+        if isinstance(cause, CONFIG_MISTAKES):
+            raise checks.ConfigError.failed(key, cause) from error
+        raise

@@ -1,0 +1,1 @@
+"""Run safety: run dirs and their locks, resume, checkpoints, interrupts, outcome, run log."""
