@@ -2,7 +2,8 @@
 (fused kernel or parallel scan) against its unrolled path (the step loop that probes use).
 
     python scripts/bench_cells.py [--device cpu|cuda] [--seq-len T] [--repeats N] [--cells a,b]
-        [--threads N] [--kernels-only]
+        [--threads N] [--kernels-only] [--quick] [--json PATH] [--write-docs PATH]
+        [--sections cell-kernels,cell-paths]
 
 One process; the paths of a cell are timed in alternation (A B A B ...), medians of the
 repeats after a warm-up. On CPU a second table times the training kernels of rnn, gru and lstm
@@ -16,24 +17,30 @@ OMP_WAIT_POLICY=passive keeps idle OpenMP threads from spinning against them (el
 jump a hundredfold). Also a GEMM ceiling measured in the same run (a large float32 matrix
 product), and for the torch-backed cells their GFLOP/s (forward + backward of the recurrence:
 about 3 x 2 x T x B x gates x H x (E + H) flops). On CPU the LSTM is shown with oneDNN's kernel
-and with the native one; on CUDA the fast path of rnn/lstm/gru is cuDNN's.
+and with the native one; on CUDA the fast path of rnn/lstm/gru is cuDNN's. The kernel table is
+section ``cell-kernels`` (``--kernels-only`` runs it alone), the paths table ``cell-paths``;
+``--quick`` shrinks the sizes for a smoke run.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
+from bench_frame import run
+from bench_report import Section
 
 from bpttlab.cells import CELLS
 from bpttlab.cells.kernels.compiled import compiled_in_effect, use_compiled
-from bpttlab.cli.allocator import keep_freed_memory
-from bpttlab.cli.subnormals import flush_subnormals
 from bpttlab.model import RecurrentNet
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+SECTIONS = ("cell-kernels", "cell-paths")
+SIZES = {"batch": 64, "seq_len": 200, "embedding": 32, "hidden": 128, "repeats": 5}
+QUICK_SIZES = {"batch": 8, "seq_len": 20, "embedding": 8, "hidden": 16, "repeats": 2}
 
 
 def synchronise(device: torch.device) -> None:
@@ -98,61 +105,54 @@ def time_kernels(kind: str, B: int, T: int, E: int, H: int, repeats: int) -> dic
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def kernel_table(args: argparse.Namespace, ceiling: float) -> None:
+def flops(kind: str, B: int, T: int, E: int, H: int) -> int | None:
+    """Forward + backward of the recurrence: about 3 x 2 x T x B x gates x H x (E + H)."""
+    return 3 * 2 * T * B * GATES[kind] * H * (E + H) if kind in GATES else None
+
+
+def kernel_section(args: argparse.Namespace, ceiling: float) -> Section:
     B, T, E, H = args.batch, args.seq_len, args.embedding, args.hidden
-    print(f"\ntraining kernels, one layer, forward + backward, median of {args.repeats}")
-    header = f"{'cell':<6}{'native ms':>11}{'oneDNN ms':>11}{'bpttlab ms':>12}"
-    header += f"{'fastest torch/bpttlab':>23}{'GFLOP/s':>9}{'of GEMM':>9}"
-    print(f"{header}{'torch-ops steps ms':>20}{'compiled speed-up':>19}")
+    rows = []
     for kind in [k for k in args.cells.split(",") if k in GATES]:
         times = time_kernels(kind, B, T, E, H, args.repeats)
         fastest = min(times["torch native"], times["torch oneDNN"])
-        rate = 3 * 2 * T * B * GATES[kind] * H * (E + H) / times["bpttlab"] / 1e9
-        print(
-            f"{kind:<6}{1000 * times['torch native']:11.1f}{1000 * times['torch oneDNN']:11.1f}"
-            f"{1000 * times['bpttlab']:12.1f}{fastest / times['bpttlab']:23.2f}{rate:9.1f}"
-            f"{rate / ceiling:9.0%}{1000 * times['bpttlab, torch ops']:20.1f}"
-            f"{times['bpttlab, torch ops'] / times['bpttlab']:19.2f}"
+        rate = flops(kind, B, T, E, H) / times["bpttlab"] / 1e9
+        rows.append(
+            [
+                kind,
+                *(f"{1000 * times[k]:.1f}" for k in ("torch native", "torch oneDNN", "bpttlab")),
+                f"{fastest / times['bpttlab']:.2f}",
+                f"{rate:.1f}",
+                f"{rate / ceiling:.0%}",
+                f"{1000 * times['bpttlab, torch ops']:.1f}",
+                f"{times['bpttlab, torch ops'] / times['bpttlab']:.2f}",
+            ]
         )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--seq-len", type=int, default=200)
-    parser.add_argument("--embedding", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cells", default=",".join(sorted(CELLS)))
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--kernels-only", action="store_true", help="only the kernel table")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    flush_subnormals(True)
-    keep_freed_memory(True)
-    device = torch.device(args.device)
-    B, T, E, H = args.batch, args.seq_len, args.embedding, args.hidden
-    ceiling = gemm_gflops(device)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(
-        f"{name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"compiled kernel steps: {compiled_in_effect()}"
+    headers = ["cell", "native ms", "oneDNN ms", "bpttlab ms", "fastest torch / bpttlab"]
+    headers += ["GFLOP/s", "of GEMM", "torch-ops steps ms", "compiled speed-up"]
+    return Section(
+        "cell-kernels",
+        f"Training kernels, one layer, forward + backward, B={B} T={T} E={E} H={H}",
+        headers,
+        rows,
+        notes=[
+            "fastest torch / bpttlab > 1: bpttlab's kernel is faster; GFLOP/s and its share of "
+            f"the GEMM ceiling measured in the same run ({ceiling:.0f} GFLOP/s, float32 2048^3) "
+            "are bpttlab's; compiled speed-up = torch-ops steps / compiled steps."
+        ],
+        counts=f"Medians of {args.repeats} rounds of the four kernels, alternating, after one warm-up round",
     )
-    print(f"B={B} T={T} E={E} H={H}, forward + backward, median of {args.repeats}")
-    print(f"GEMM ceiling (float32 2048^3): {ceiling:.0f} GFLOP/s")
-    if device.type == "cpu":
-        kernel_table(args, ceiling)
-    if args.kernels_only:
-        return
-    print()
-    print(f"{'cell':<18}{'fast ms':>9}{'unrolled ms':>13}{'unrolled/fast':>15}{'GFLOP/s':>9}")
+
+
+def paths_section(args: argparse.Namespace, device: torch.device) -> Section:
+    B, T, E, H = args.batch, args.seq_len, args.embedding, args.hidden
     variants = []
     for kind in args.cells.split(","):
         variants.append((kind, {}))
         if kind == "lstm" and device.type == "cpu":
             variants[-1] = ("lstm", {"onednn": True})
             variants.append(("lstm", {"onednn": False}))
+    rows = []
     for kind, options in variants:
         torch.manual_seed(0)
         net = RecurrentNet(
@@ -161,13 +161,55 @@ def main() -> None:
         x = torch.randn(B, T, E, device=device)
         times = time_paths(net, x, args.repeats)
         label = kind + (f" (onednn={options['onednn']})" if options else "")
-        flops = 3 * 2 * T * B * GATES[kind] * H * (E + H) if kind in GATES else None
-        rate = f"{flops / times['fast'] / 1e9:9.1f}" if flops else f"{'':>9}"
+        count = flops(kind, B, T, E, H)
+        rate = f"{count / times['fast'] / 1e9:.1f}" if count else ""
         ratio = times["unrolled"] / times["fast"]
-        print(
-            f"{label:<18}{1000 * times['fast']:9.1f}{1000 * times['unrolled']:13.1f}"
-            f"{ratio:15.2f}{rate}"
+        rows.append(
+            [label, f"{1000 * times['fast']:.1f}", f"{1000 * times['unrolled']:.1f}"]
+            + [f"{ratio:.2f}", rate]
         )
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    return Section(
+        "cell-paths",
+        f"Each cell's fast path against its unrolled path on {name}, forward + backward, "
+        f"B={B} T={T} E={E} H={H}",
+        ["cell", "fast ms", "unrolled ms", "unrolled / fast", "GFLOP/s"],
+        rows,
+        counts=f"Medians of {args.repeats} rounds of the two paths, alternating, after one warm-up round",
+    )
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    for name in ("batch", "seq-len", "embedding", "hidden"):
+        parser.add_argument(f"--{name}", type=int, help=f"default {SIZES[name.replace('-', '_')]}")
+    parser.add_argument("--cells", default=",".join(sorted(CELLS)))
+    parser.add_argument("--kernels-only", action="store_true", help="only the kernel table")
+
+
+def measure(args: argparse.Namespace, sections: set[str]) -> tuple[dict, list[Section]]:
+    for name, value in (QUICK_SIZES if args.quick else SIZES).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    device = torch.device(args.device)
+    ceiling = gemm_gflops(device)
+    print(f"{device}, compiled kernel steps: {compiled_in_effect()}")
+    print(f"GEMM ceiling (float32 2048^3): {ceiling:.0f} GFLOP/s\n")
+    tables = []
+    if "cell-kernels" in sections and device.type == "cpu":
+        tables.append(kernel_section(args, ceiling))
+        print(tables[-1].text())
+    if "cell-paths" in sections and not args.kernels_only:
+        tables.append(paths_section(args, device))
+        print(tables[-1].text())
+    results = {"gemm_gflops": ceiling}
+    results |= {t.name: {"headers": t.headers, "rows": t.rows} for t in tables}
+    return results, tables
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    run(__doc__, SECTIONS, measure, argv, add_options)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmark whole runs through the real command line: peak memory, start-up, freed memory.
 
     python scripts/bench_runs.py [--sections memory,startup,allocator,compiled] [--repeats N]
-        [--json PATH]
+        [--json PATH] [--write-docs PATH] [--quick]
 
 1. Memory. Peak resident memory (the child's own ``ru_maxrss``) of ``bpttlab-train task=copy``
    with truncated BPTT (truncation 20) at gap 1000 and gap 10000: 20 optimiser steps, a
@@ -24,6 +24,9 @@ Both run with one torch thread (``threads=1``), so that a busy machine does not 
 4. Compiled steps. The same run with the RNN and the GRU (bpttlab's kernels, their default),
    and with the LSTM probed every 10 steps (probed steps run bpttlab's LSTM kernel), each with
    ``compiled_kernels=true`` (the default) against ``false``, alternated, medians.
+
+``--quick`` (a smoke run): gaps 100 and 1000 for the memory runs, 10 steps for those of sections
+3 and 4, and one round (unless ``--repeats``).
 """
 
 from __future__ import annotations
@@ -39,13 +42,24 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_frame import run
+from bench_report import Section
+
 CLI = str(Path(sys.executable).parent / "bpttlab-train")
 QUIET = ["threads=1", "trainer.enable_progress_bar=false"]
-MEMORY_RUNS = {
-    "TBPTT(20), gap 1000": ["task.gap=1000", "bptt.truncation=20"],
-    "TBPTT(20), gap 10000": ["task.gap=10000", "bptt.truncation=20"],
-    "full BPTT, gap 10000": ["task.gap=10000", "trainer.max_steps=2"],
-}
+SECTIONS = ("memory", "startup", "allocator", "compiled")
+GAPS, QUICK_GAPS = (1000, 10000), (100, 1000)  # the memory runs' short and long gap
+QUICK_STEPS = ["trainer.max_steps=10"]  # the runs of sections 3 and 4 with --quick
+
+
+def memory_runs(short: int, long: int) -> dict[str, list[str]]:
+    return {
+        f"TBPTT(20), gap {short}": [f"task.gap={short}", "bptt.truncation=20"],
+        f"TBPTT(20), gap {long}": [f"task.gap={long}", "bptt.truncation=20"],
+        f"full BPTT, gap {long}": [f"task.gap={long}", "trainer.max_steps=2"],
+    }
+
+
 ALLOCATOR_RUN = [
     *["task=adding", "task.gap=200", "cell.hidden_size=128", "module.batch_size=64"],
     *["trainer.max_steps=100", "~callbacks.grad_flow", "module.stop_when_solved=false"],
@@ -82,17 +96,20 @@ def peak_memory_mb(args: list[str], run_dir: Path) -> float:
     return run_to_end(command).ru_maxrss / 1024
 
 
-def memory() -> dict:
+def memory(quick: bool) -> dict:
     """Each run with freed memory kept (the default) and returned (``keep_freed_memory``)."""
+    short, long = QUICK_GAPS if quick else GAPS
+    runs = memory_runs(short, long)
     peaks: dict[str, dict[str, float]] = {"kept": {}, "returned": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, args) in enumerate(MEMORY_RUNS.items()):
+        for i, (name, args) in enumerate(runs.items()):
             for setting, keep in (("kept", True), ("returned", False)):
                 print(f"  memory: {name}, freed memory {setting}", file=sys.stderr)
                 run_dir = Path(tmp) / f"{setting}{i}"
                 peaks[setting][name] = peak_memory_mb([*args, f"keep_freed_memory={keep}"], run_dir)
-    growth = {s: p["TBPTT(20), gap 10000"] / p["TBPTT(20), gap 1000"] for s, p in peaks.items()}
-    return {"peak_mb": peaks, "tbptt_growth": growth}
+    short_run, long_run = list(runs)[:2]
+    growth = {s: p[long_run] / p[short_run] for s, p in peaks.items()}
+    return {"peak_mb": peaks, "tbptt_growth": growth, "gaps": [short, long]}
 
 
 def seconds_to_first_step(workdir: Path) -> float:
@@ -175,74 +192,124 @@ def switch(args: list[str], key: str, observed: str, repeats: int) -> dict:
     return {"runs": runs, "median": medians, "speedup": speedup}
 
 
-def allocator(repeats: int) -> dict:
-    return switch(ALLOCATOR_RUN, "keep_freed_memory", "freed_memory_kept", repeats)
+def allocator(repeats: int, quick: bool) -> dict:
+    run = ALLOCATOR_RUN + (QUICK_STEPS if quick else [])
+    return switch(run, "keep_freed_memory", "freed_memory_kept", repeats)
 
 
-def compiled(repeats: int) -> dict:
+def compiled(repeats: int, quick: bool) -> dict:
     return {
-        name: switch(args, "compiled_kernels", "compiled_kernels", repeats)
+        name: switch(
+            args + (QUICK_STEPS if quick else []), "compiled_kernels", "compiled_kernels", repeats
+        )
         for name, args in COMPILED_RUNS.items()
     }
 
 
-def verdict(met: bool, target: str) -> str:
-    return f"met ({target})" if met else f"MISSED ({target})"
+def at_most(value: float, target: float) -> str:
+    return f"{'met' if value <= target else 'MISSED'} (<= {target:.2f})"
+
+
+def memory_section(r: dict) -> Section:
+    short, long = r["gaps"]
+    kept, returned = r["peak_mb"]["kept"], r["peak_mb"]["returned"]
+    rows = [[name, f"{kept[name]:.0f}", f"{returned[name]:.0f}"] for name in kept]
+    growth = r["tbptt_growth"]
+    rows.append(
+        [f"TBPTT gap {long} / gap {short}"] + [f"{growth['kept']:.3f}", f"{growth['returned']:.3f}"]
+    )
+    return Section(
+        "memory",
+        "Peak memory of bpttlab-train task=copy (20 steps, probes, validation), one torch thread",
+        ["run", "freed memory kept MB", "returned MB"],
+        rows,
+        notes=[
+            f"TBPTT's growth from gap {short} to gap {long}, freed memory kept: "
+            f"{at_most(growth['kept'], MEMORY_TARGET)}."
+        ],
+        counts="One run each (the child's own peak resident set, ru_maxrss)",
+    )
+
+
+def startup_section(r: dict, repeats: int) -> Section:
+    m = r["median"]
+    return Section(
+        "startup",
+        "Start-up: bpttlab-train to the end of its first step against import lightning",
+        ["launch", "median s", "ratio", "target"],
+        [
+            ["python -c 'import lightning'", f"{m['import lightning']:.2f}", "", ""],
+            ["bpttlab-train, to first step", f"{m['bpttlab-train']:.2f}", f"{r['ratio']:.2f}"]
+            + [at_most(r["ratio"], STARTUP_TARGET)],
+        ],
+        counts=f"Medians of {repeats} launches each, alternating, one torch thread",
+    )
+
+
+def allocator_section(r: dict, repeats: int) -> Section:
+    rows = [
+        [
+            "kept" if keep else "returned",
+            f"{m['seconds']:.2f}",
+            f"{m['faults_per_step']:.0f}",
+            f"{m['peak_mb']:.0f}",
+            f"{r['median'][True]['seconds'] / m['seconds']:.2f}",
+        ]
+        for keep, m in r["median"].items()
+    ]
+    return Section(
+        "allocator",
+        "Freed memory kept or returned (keep_freed_memory): the LSTM run, adding T=200",
+        ["freed memory", "training s", "faults/step", "peak MB", "speed vs kept"],
+        rows,
+        notes=[f"Speed-up from keeping it: {r['speedup']:.2f}x."],
+        counts=f"Medians of {repeats} runs each, alternating, on every core",
+    )
+
+
+def compiled_section(r: dict, repeats: int) -> Section:
+    rows = [
+        [
+            name,
+            f"{result['median'][True]['seconds']:.2f}",
+            f"{result['median'][False]['seconds']:.2f}",
+            f"{result['speedup']:.2f}",
+        ]
+        for name, result in r.items()
+    ]
+    return Section(
+        "compiled",
+        "Compiled steps or torch operations (compiled_kernels), training seconds",
+        ["run", "compiled s", "torch ops s", "speed-up"],
+        rows,
+        counts=f"Medians of {repeats} runs each, alternating",
+    )
+
+
+def measure(args: argparse.Namespace, sections: set[str]) -> tuple[dict, list[Section]]:
+    repeats = args.repeats or (1 if args.quick else 5)
+    report, tables = {}, []
+    if "memory" in sections:
+        report["memory"] = memory(args.quick)
+        tables.append(memory_section(report["memory"]))
+        print(tables[-1].text())
+    if "startup" in sections:
+        report["startup"] = startup(repeats)
+        tables.append(startup_section(report["startup"], repeats))
+        print(tables[-1].text())
+    if "allocator" in sections:
+        report["allocator"] = allocator(repeats, args.quick)
+        tables.append(allocator_section(report["allocator"], repeats))
+        print(tables[-1].text())
+    if "compiled" in sections:
+        report["compiled"] = compiled(repeats, args.quick)
+        tables.append(compiled_section(report["compiled"], repeats))
+        print(tables[-1].text())
+    return report, tables
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--sections",
-        default="memory,startup,allocator,compiled",
-        help="memory,startup,allocator,compiled or some",
-    )
-    parser.add_argument("--repeats", type=int, default=5, help="rounds of sections 2 to 4")
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args(argv)
-    sections = set(args.sections.split(","))
-    if sections - {"memory", "startup", "allocator", "compiled"} or args.repeats < 1:
-        parser.error("--sections takes memory, startup, allocator, compiled; --repeats >= 1")
-    report = {}
-    if "memory" in sections:
-        report["memory"] = r = memory()
-        print("1. Peak memory of bpttlab-train task=copy (20 steps, probes, validation)")
-        print(f"  {'':24s} {'freed memory kept':>18s} {'returned':>10s}")
-        for name in MEMORY_RUNS:
-            kept, returned = r["peak_mb"]["kept"][name], r["peak_mb"]["returned"][name]
-            print(f"  {name:24s} {kept:15.0f} MB {returned:7.0f} MB")
-        for setting, growth in r["tbptt_growth"].items():
-            met = verdict(growth <= MEMORY_TARGET, "<= 1.10")
-            print(f"  TBPTT gap 10000 / gap 1000, freed memory {setting}: {growth:.3f} {met}")
-    if "startup" in sections:
-        report["startup"] = r = startup(args.repeats)
-        print(f"2. Start-up, medians of {args.repeats}")
-        for name, seconds in r["median"].items():
-            print(f"  {name:24s} {seconds:8.2f} s")
-        ratio = r["ratio"]
-        print(
-            f"  to first step / import lightning: {ratio:.2f} {verdict(ratio <= STARTUP_TARGET, '<= 1.3')}"
-        )
-    if "allocator" in sections:
-        report["allocator"] = r = allocator(args.repeats)
-        print(f"3. Freed memory kept or returned (keep_freed_memory), medians of {args.repeats}")
-        for keep, m in r["median"].items():
-            print(
-                f"  {'kept' if keep else 'returned':9s} {m['seconds']:7.2f} s"
-                f"  {m['faults_per_step']:8.0f} faults/step  {m['peak_mb']:6.0f} MB peak"
-            )
-        print(f"  speed-up from keeping it: {r['speedup']:.2f}x")
-    if "compiled" in sections:
-        report["compiled"] = r = compiled(args.repeats)
-        print(
-            f"4. Compiled steps or torch operations (compiled_kernels), medians of {args.repeats}"
-        )
-        for name, result in r.items():
-            on, off = result["median"][True]["seconds"], result["median"][False]["seconds"]
-            print(f"  {name:28s} {on:7.2f} s compiled, {off:7.2f} s not: {result['speedup']:.2f}x")
-    print(f"load average at end {[round(v, 2) for v in os.getloadavg()]}")
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    run(__doc__, SECTIONS, measure, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

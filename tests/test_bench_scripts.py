@@ -1,0 +1,122 @@
+"""The bench scripts stay small and write their tables into the benchmarks page: each section
+between its markers, nothing else on the page touched, a second run replacing its block."""
+
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+PAGE = """# Benchmarks
+
+Text before | the blocks, kept as it is.
+
+<!-- bench:training -->
+old training figures
+<!-- /bench:training -->
+
+Text between the blocks.
+
+<!-- bench:kernels -->
+old kernel figures
+<!-- /bench:kernels -->
+
+Text after the blocks.
+"""
+HEADERS = {  # each section's table: its column headers and the one holding its ratios
+    "training": (["setting", "plain s", "bpttlab s", "ratio", "target"], "ratio"),
+    "gradflow": (["run", "median s", "seq-steps/s", "ratio", "target"], "ratio"),
+    "kernels": (["variant", "median ms", "time ratio", "kernel (autograd node)"], "time ratio"),
+    "sweep": (["grid", "runs", "serial s", "joblib s", "speedup", "target"], "speedup"),
+}
+
+
+def bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / script), *args], capture_output=True, text=True
+    )
+
+
+def block(page: str, name: str) -> str:
+    """The content between the section's markers; there must be exactly one such block."""
+    found = re.findall(rf"<!-- bench:{name} -->\n(.*?)\n<!-- /bench:{name} -->", page, re.DOTALL)
+    assert len(found) == 1, f"{len(found)} blocks {name}"
+    assert page.count(f"<!-- bench:{name} -->") == 1
+    return found[0]
+
+
+def outside(page: str) -> str:
+    """The page without its blocks: what the bench scripts must leave as it is."""
+    return re.sub(
+        r"<!-- bench:([\w-]+) -->.*?<!-- /bench:\1 -->", "", page, flags=re.DOTALL
+    ).rstrip()
+
+
+def table(content: str) -> list[dict[str, str]]:
+    """The rows of the Markdown table in a block, as {header: cell}."""
+    lines = [line for line in content.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in lines]
+    assert all(set(c) <= set("-:") for c in cells[1]), "no header rule under the header"
+    return [dict(zip(cells[0], row, strict=True)) for row in cells[2:]]
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS.glob("*.py")), ids=lambda p: p.name)
+def test_no_script_is_over_350_lines(script):
+    assert len(script.read_text().splitlines()) <= 350
+
+
+@pytest.mark.slow
+def test_bench_quick_writes_each_section_once_into_the_page_and_replaces_it_on_a_rerun(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    page.write_text(PAGE)
+    args = ["--quick", "--threads", "1", "--sweep-grids", "1", "--write-docs", str(page)]
+    done = bench("bench.py", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = page.read_text()
+    assert outside(first) == outside(PAGE)
+    assert "old training figures" not in first and "old kernel figures" not in first
+    for name, (headers, ratio) in HEADERS.items():
+        content = block(first, name)
+        rows = table(content)
+        assert rows and set(headers) <= rows[0].keys(), content
+        ratios = [float(row[ratio]) for row in rows if row[ratio]]
+        assert ratios and all(math.isfinite(r) and r > 0 for r in ratios), content
+        assert "`python scripts/bench.py --quick --threads 1" in content
+        assert re.search(
+            r"on \d{4}-\d\d-\d\d \d\d:\d\d UTC: .+ cores .+ torch threads: 1\.", content
+        )
+        assert re.search(r"Medians of \d+ (runs|rounds)|One sweep per launcher", content)
+
+    again = bench(
+        "bench_training.py", "--quick", "--sections", "gradflow", "--write-docs", str(page)
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = page.read_text()
+    assert outside(second) == outside(PAGE)
+    assert "python scripts/bench_training.py --quick" in block(second, "gradflow")
+    for name in ("training", "kernels", "sweep"):
+        assert block(second, name) == block(first, name)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [None, "<!-- bench:kernels -->\nno end\n", "<!-- /bench:kernels -->\n<!-- bench:kernels -->\n"],
+    ids=["missing page", "block not closed", "block closed before it opens"],
+)
+def test_a_page_that_cannot_take_the_blocks_is_refused_in_one_line_before_anything_runs(
+    tmp_path, content
+):
+    page = tmp_path / "benchmarks.md"
+    if content is not None:
+        page.write_text(content)
+    done = bench("bench_kernel_choice.py", "--quick", "--write-docs", str(page))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "--write-docs" in done.stderr
+    assert (page.read_text() if content is not None else None) == content
