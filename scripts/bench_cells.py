@@ -34,7 +34,7 @@ from bench_frame import run
 from bench_report import Section
 
 from bpttlab.cells import CELLS
-from bpttlab.cells.kernels.compiled import compiled_in_effect, use_compiled
+from bpttlab.cells.kernels.compiled import use_compiled
 from bpttlab.model import RecurrentNet
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -193,8 +193,7 @@ def measure(args: argparse.Namespace, sections: set[str]) -> tuple[dict, list[Se
             setattr(args, name, value)
     device = torch.device(args.device)
     ceiling = gemm_gflops(device)
-    print(f"{device}, compiled kernel steps: {compiled_in_effect()}")
-    print(f"GEMM ceiling (float32 2048^3): {ceiling:.0f} GFLOP/s\n")
+    print(f"GEMM ceiling on {device} (float32 2048^3): {ceiling:.0f} GFLOP/s\n")
     tables = []
     if "cell-kernels" in sections and device.type == "cpu":
         tables.append(kernel_section(args, ceiling))

@@ -25,7 +25,7 @@ NUMBER = re.compile(r"[-+0-9.,%e]*")  # a figure, or an empty cell: right-aligne
 
 @dataclass
 class Section:
-    """One section's results: a table (the first column a label, the others figures)."""
+    """One section's results: a table whose first column names the rows."""
 
     name: str  # its block on the benchmarks page: <!-- bench:name -->
     title: str

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 SCRIPTS = Path(__file__).parents[1] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+from bench_report import Section, environment, write_docs  # noqa: E402
+
 PAGE = """# Benchmarks
 
 Text before | the blocks, kept as it is.
@@ -70,11 +73,42 @@ def test_no_script_is_over_350_lines(script):
     assert len(script.read_text().splitlines()) <= 350
 
 
+def test_write_docs_replaces_each_block_appends_a_missing_one_and_leaves_the_rest(tmp_path):
+    page = tmp_path / "benchmarks.md"
+    page.write_text(PAGE)
+    env = environment()
+
+    def sections(ratio: str) -> list[Section]:
+        return [
+            Section(name, f"{name} title", ["variant", "ratio"], [["a | b", ratio]], ["a note"])
+            for name in ("kernels", "sweep")
+        ]
+
+    write_docs(page, sections("1.25"), ["--write-docs", str(page)], env)
+    first = page.read_text()
+    assert outside(first) == outside(PAGE)
+    assert block(first, "training") == "old training figures"
+    for name in ("kernels", "sweep"):
+        content = block(first, name)
+        assert table(content) == [{"variant": "a \\| b", "ratio": "1.25"}]
+        assert content.startswith(f"**{name} title**") and "a note" in content
+        assert f"`python scripts/{Path(sys.argv[0]).name} --write-docs " in content
+    assert first.index("<!-- bench:sweep -->") > first.index("Text after the blocks.")
+
+    write_docs(page, sections("0.50"), [], env)
+    second = page.read_text()
+    assert outside(second) == outside(PAGE)
+    assert block(second, "training") == "old training figures"
+    for name in ("kernels", "sweep"):
+        assert table(block(second, name)) == [{"variant": "a \\| b", "ratio": "0.50"}]
+
+
 @pytest.mark.slow
 def test_bench_quick_writes_each_section_once_into_the_page_and_replaces_it_on_a_rerun(tmp_path):
     page = tmp_path / "benchmarks.md"
     page.write_text(PAGE)
-    args = ["--quick", "--threads", "1", "--sweep-grids", "1", "--write-docs", str(page)]
+    args = ["--quick", "--repeats", "1", "--threads", "1", "--sweep-grids", "1"]
+    args += ["--write-docs", str(page)]
     done = bench("bench.py", *args)
     assert done.returncode == 0, done.stderr[-3000:]
     first = page.read_text()
@@ -86,14 +120,21 @@ def test_bench_quick_writes_each_section_once_into_the_page_and_replaces_it_on_a
         assert rows and set(headers) <= rows[0].keys(), content
         ratios = [float(row[ratio]) for row in rows if row[ratio]]
         assert ratios and all(math.isfinite(r) and r > 0 for r in ratios), content
-        assert "`python scripts/bench.py --quick --threads 1" in content
+        assert "`python scripts/bench.py --quick --repeats 1 --threads 1" in content
         assert re.search(
             r"on \d{4}-\d\d-\d\d \d\d:\d\d UTC: .+ cores .+ torch threads: 1\.", content
         )
         assert re.search(r"Medians of \d+ (runs|rounds)|One sweep per launcher", content)
 
     again = bench(
-        "bench_training.py", "--quick", "--sections", "gradflow", "--write-docs", str(page)
+        "bench_training.py",
+        "--quick",
+        "--repeats",
+        "1",
+        "--sections",
+        "gradflow",
+        "--write-docs",
+        str(page),
     )
     assert again.returncode == 0, again.stderr[-3000:]
     second = page.read_text()
@@ -120,3 +161,35 @@ def test_a_page_that_cannot_take_the_blocks_is_refused_in_one_line_before_anythi
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "--write-docs" in done.stderr
     assert (page.read_text() if content is not None else None) == content
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "headers"),
+    [
+        (
+            ["bench_cells.py", "--quick", "--cells", "rnn", "--sections", "cell-kernels"],
+            {"cell-kernels": ["cell", "native ms", "bpttlab ms", "fastest torch / bpttlab"]},
+        ),
+        (
+            ["bench_lru_scan.py", "--quick"],
+            {"lru-scan": ["scan", "best ms", "speed-up over step loop"]},
+        ),
+        (
+            ["bench_runs.py", "--quick", "--sections", "startup"],
+            {"startup": ["launch", "median s", "ratio", "target"]},
+        ),
+    ],
+    ids=lambda value: value[0] if isinstance(value, list) else None,
+)
+def test_the_other_bench_scripts_write_their_blocks_too(tmp_path, command, headers):
+    page = tmp_path / "benchmarks.md"
+    page.write_text(PAGE)
+    done = bench(*command, "--threads", "1", "--write-docs", str(page))
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = page.read_text()
+    assert outside(written) == outside(PAGE)
+    for name, columns in headers.items():
+        content = block(written, name)
+        assert set(columns) <= table(content)[0].keys(), content
+        assert f"`python scripts/{command[0]} --quick" in content
