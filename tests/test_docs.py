@@ -1,10 +1,11 @@
-"""The documentation is tested: every fenced block of README.md and docs/*.md runs (scaled down),
-and docs/configuration.md's tables match conf/ key by key and default by default.
+"""The documentation is tested: every fenced block of README.md and docs/*.md runs, scaled down
+(docs/configuration.md against conf/: test_configuration_reference.py).
 
 A ``python`` block runs in a subprocess in a tmp dir. Every line of a ``bash`` block runs, in one
-subprocess per block (``bpttlab-train`` and ``bpttlab-report`` called as their console scripts
-are, one after another), ``bpttlab-train`` with ``SMALL`` settings and each swept list cut to
-its first two values; a ``<placeholder>`` path becomes the newest run or sweep dir. A
+subprocess for all blocks (``bpttlab-train`` and ``bpttlab-report`` called as their console scripts
+are, one after another), ``bpttlab-train`` with ``SMALL`` settings, one seed, each other swept
+list cut to its first two values, and joblib's one job in-process (no workers to start); a
+``<placeholder>`` path becomes the newest run or sweep dir. A
 ``console`` block's ``$`` lines run and must print the lines below them. A block that cannot
 run carries ``<!-- not run: reason -->`` on the line above it; ``text`` blocks are not run.
 """
@@ -40,7 +41,7 @@ SMALL = {
     "task.gap": "10",
 }
 """Settings appended to (or replacing those of) every documented bpttlab-train command."""
-SMALL_IF_PRESENT = {"hydra.sweeper.n_trials": "2", "hydra.launcher.n_jobs": "2"}
+SMALL_IF_PRESENT = {"hydra.sweeper.n_trials": "2"}
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny tensors: no use for more
 
 
@@ -101,12 +102,27 @@ def scaled(argv: list[str]) -> list[str]:
         seen.add(key)
         if key in SMALL or key in SMALL_IF_PRESENT:
             value = SMALL.get(key) or SMALL_IF_PRESENT[key]
+        elif key == "seed" and ("," in value or value.startswith("range(")):
+            value = "0"  # one seed of a seed sweep
         elif "," in value and not value.startswith(("'", '"', "[")):
             value = ",".join(value.split(",")[:2])
-        elif re.fullmatch(r"range\(\d+\)", value):
-            value = "range(2)"
         out.append(f"{key}={value}")
+    if joblib(out):  # its code path, in this process: no workers to start
+        out = [t for t in out if not t.startswith("hydra.launcher.n_jobs=")]
+        out.append("hydra.launcher.n_jobs=1")
     return out + [f"{k}={v}" for k, v in SMALL.items() if k not in seen]
+
+
+def joblib(argv: list[str]) -> bool:
+    """Whether ``argv`` runs on the joblib launcher, by its own choice or its experiment's."""
+    if "hydra/launcher=joblib" in argv:
+        return True
+    for token in argv:
+        if token.startswith("experiment="):
+            config = yaml.safe_load((ROOT / f"conf/experiment/{token[11:]}.yaml").read_text())
+            if {"override /hydra/launcher": "joblib"} in config.get("defaults", []):
+                return True
+    return False
 
 
 def commands(block: Block) -> list[list[str]]:
@@ -160,27 +176,42 @@ def call(argv: list[str]) -> int:
     return 0
 
 
-def run_commands(argvs: list[list[str]]) -> list[dict]:
-    results = []
-    for argv in argvs:
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            code = call(argv)
-        results.append({"argv": argv, "code": code, "out": out.getvalue(), "err": err.getvalue()})
-    return results
+def run_commands(jobs: list[dict]) -> list[list[dict]]:
+    """Each job's ``argvs`` in its ``cwd``, stopping at the first failure unless ``keep_going``."""
+    done = []
+    for job in jobs:
+        os.chdir(job["cwd"])
+        results = done.append([]) or done[-1]
+        for argv in job["argvs"]:
+            out, err = io.StringIO(), io.StringIO()
+            with redirect_stdout(out), redirect_stderr(err):
+                code = call(argv)
+            results.append(
+                {"argv": argv, "code": code, "out": out.getvalue(), "err": err.getvalue()}
+            )
+            if code != 0 and not job["keep_going"]:
+                break
+    return done
 
 
-def drive(argvs: list[list[str]], cwd: Path) -> list[dict]:
-    """run_commands in a fresh interpreter in ``cwd``."""
+def drive(jobs: list[dict]) -> list[list[dict]]:
+    """run_commands in a fresh interpreter: one start-up for every job."""
     done = subprocess.run(
-        [sys.executable, __file__, json.dumps(argvs)],
-        cwd=cwd,
-        env=ONE_THREAD,
-        capture_output=True,
-        text=True,
+        [sys.executable, __file__, json.dumps(jobs)], env=ONE_THREAD, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def bash_results(tmp_path_factory) -> dict[str, list[dict]]:
+    """What every runnable bash block's commands did, each block in a tmp dir of its own."""
+    blocks = runnable("bash")
+    jobs = [
+        {"cwd": str(tmp_path_factory.mktemp("block")), "argvs": commands(b), "keep_going": False}
+        for b in blocks
+    ]
+    return {str(b): results for b, results in zip(blocks, drive(jobs), strict=True)}
 
 
 @pytest.mark.slow
@@ -200,11 +231,12 @@ def test_python_block_runs(block: Block, tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", runnable("bash"), ids=str)
-def test_bash_block_runs(block: Block, tmp_path: Path):
-    argvs = commands(block)
-    for result in drive(argvs, tmp_path):
+def test_bash_block_runs(block: Block, bash_results: dict[str, list[dict]]):
+    results = bash_results[str(block)]
+    for result in results:
         command = shlex.join(result["argv"])
         assert result["code"] == 0, f"{block}: {command}:\n{result['err'][-3000:]}"
+    assert len(results) == len(commands(block))
 
 
 @pytest.mark.parametrize("block", runnable("console"), ids=str)
@@ -215,103 +247,13 @@ def test_console_block_prints_what_it_shows(block: Block, tmp_path: Path):
             shown.append((shlex.split(line[2:]), []))
         else:
             shown[-1][1].append(line)
-    results = drive([argv for argv, _ in shown], tmp_path)
+    job = {"cwd": str(tmp_path), "argvs": [argv for argv, _ in shown], "keep_going": True}
+    (results,) = drive([job])
     for (argv, expected), result in zip(shown, results, strict=True):
         printed = (result["out"] + result["err"]).splitlines()
         assert printed == expected, f"{block}: {shlex.join(argv)}"
         assert result["code"] == 2
     assert not (tmp_path / "outputs").exists()
-
-
-# -- the configuration reference -------------------------------------------------------------
-GROUPS = ("cell", "task", "bptt", "clip", "optim", "trainer", "logger", "callbacks")
-REFERENCE = ROOT / "docs" / "configuration.md"
-
-
-@dataclass
-class Row:
-    key: str
-    default: object
-    scope: tuple[str, str] | None  # (group, option) for a table under "### `group=option`"
-    meaning: str
-
-
-def reference_rows() -> list[Row]:
-    rows, scope = [], None
-    for line in REFERENCE.read_text().splitlines():
-        if line.startswith("#"):
-            option = re.search(r"`(\w+)=(\w+)`", line)
-            scope = (option.group(1), option.group(2)) if option else None
-        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
-        if not line.startswith("| `") or len(cells) != 3:
-            continue
-        key, default, meaning = (c.strip("`") if i < 2 else c for i, c in enumerate(cells))
-        rows.append(Row(key, yaml.safe_load(default), scope, meaning))
-    return rows
-
-
-def flat(node: object, prefix: str) -> dict[str, object]:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    keys = {}
-    for key, value in node.items():
-        if not str(key).startswith("_"):
-            keys |= flat(value, f"{prefix}.{key}" if prefix else str(key))
-    return keys
-
-
-@pytest.fixture(scope="module")
-def composed():
-    """Flat configs: ``None`` the default, ``(group, option)`` that group's keys under
-    ``group=option``; and the default config's group choices."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from bpttlab.cli.train import CONFIG_DIR
-
-    def container(overrides, hydra=False):
-        cfg = compose("train", overrides=overrides, return_hydra_config=hydra)
-        return OmegaConf.to_container(cfg, resolve=False)
-
-    configs = {}
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        default = container([], hydra=True)
-        choices = default.pop("hydra")["runtime"]["choices"]
-        configs[None] = flat(default, "")
-        for group in GROUPS:
-            for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml")):
-                if path.stem != "base":  # not an option: each option starts from it
-                    option = container([f"{group}={path.stem}"])
-                    configs[(group, path.stem)] = flat(option[group], group)
-    return configs, choices, Path(CONFIG_DIR)
-
-
-def test_every_config_key_is_documented_with_its_default(composed):
-    configs, choices, _ = composed
-    rows = reference_rows()
-    for scope, config in configs.items():
-        for key, value in config.items():
-            group = key.split(".")[0]
-            option = scope or (group, choices.get(group))  # the default config: its options'
-            here = [r for r in rows if r.key == key and r.scope in (None, option)]
-            assert here, f"{key} ({scope or 'default'}): no row in {REFERENCE.name}"
-            assert here[-1].default == value, f"{key} ({scope or 'default'}): conf/ says {value!r}"
-
-
-def test_every_documented_key_is_real(composed):
-    configs, choices, config_dir = composed
-    for row in reference_rows():
-        if "." not in row.key and row.key in choices:  # a group: its default option
-            assert row.default == choices[row.key], f"{row.key}: conf/ picks {choices[row.key]}"
-            options = [p.stem for p in (config_dir / row.key).glob("*.yaml")]
-            for option in set(options) - {"base"}:
-                assert f"`{option}`" in row.meaning, f"{row.key}: option {option} not listed"
-            continue
-        scopes = [row.scope] if row.scope else list(configs)
-        assert row.scope is None or row.scope in configs, f"{row.scope}: no such option"
-        found = [configs[s][row.key] for s in scopes if row.key in configs[s]]
-        assert found, f"{row.key} ({row.scope or 'shared'}): no such key in conf/"
-        assert all(v == row.default for v in found), f"{row.key}: conf/ says {found}"
 
 
 if __name__ == "__main__":  # drive(): run the commands in argv[1], print what they did
