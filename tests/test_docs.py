@@ -91,6 +91,21 @@ def test_every_block_says_what_it_is():
             assert block.language in ("python", "bash"), f"{block}: only code can be not run"
 
 
+def anchors(path: Path) -> set[str]:
+    """The anchors of ``path``'s headings, as GitHub makes them."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_relative_link_leads_somewhere():
+    for path in DOCS:
+        for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", path.read_text()):
+            linked = path.parent / target if target else path
+            assert linked.exists(), f"{path.name}: no {target}"
+            if anchor:
+                assert anchor in anchors(linked), f"{path.name}: no #{anchor} in {linked.name}"
+
+
 def scaled(argv: list[str]) -> list[str]:
     """A documented bpttlab-train command with SMALL settings and short sweeps."""
     out, seen = [], set()
