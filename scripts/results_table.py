@@ -1,4 +1,4 @@
-"""The README's results table from a report.csv of ``bpttlab-report``: one row per cell and
+"""The results table of docs/results.md from a report.csv of ``bpttlab-report``: one row per cell and
 init, one column per task and gap, each entry the group's ``summary`` (solve rate and median
 solve step, or the final normalised loss with its interval), with the seed count.
 
@@ -49,19 +49,24 @@ def entry(group: dict[str, str]) -> str:
     return f"**{summary}**" if int(solved) * 2 > int(runs) else summary
 
 
+def column_of(group: dict[str, str]) -> tuple[str, int]:
+    """(task, gap) of a group; report.csv leaves out a key that no group differs in (0: absent)."""
+    return group.get("task", ""), int(group.get("gap") or 0)
+
+
 def table(rows: list[dict[str, str]]) -> str:
-    columns = sorted({(r["task"], int(r["gap"])) for r in rows}, key=lambda c: (c[0] != "copy", c))
+    columns = sorted({column_of(r) for r in rows}, key=lambda c: (c[0] != "copy", c))
     cells: dict[str, dict[tuple[str, int], str]] = {}
     for r in rows:
         entries = cells.setdefault(row_name(r), {})
-        column = (r["task"], int(r["gap"]))
+        column = column_of(r)
         if column in entries:
             raise SystemExit(
                 f"results_table: two groups for {row_name(r)} at {column[0]} {column[1]}: their "
                 "configs differ in more than cell, init, task and gap (see report.csv)"
             )
         entries[column] = entry(r)
-    header = ["cell, init", *(f"{task} {gap}" for task, gap in columns)]
+    header = ["cell, init", *(f"{task} {gap or ''}".strip() for task, gap in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entries in sorted(cells.items(), key=lambda item: row_order(item[0])):
         lines.append("| " + " | ".join([name, *(entries.get(c, "") for c in columns)]) + " |")
