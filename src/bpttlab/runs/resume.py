@@ -74,6 +74,10 @@ def check_resume(cfg: DictConfig) -> Path:
     and a one-line ConfigError on ``resume`` when it cannot be continued."""
     run_dir = Path(cfg.run_dir)
     saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        raise ConfigError(
+            "resume", True, f"false here: {run_dir} holds no run ({saved_path} does not exist)"
+        )
     try:
         saved = OmegaConf.load(saved_path)
         differences = differing_keys(saved, cfg)
