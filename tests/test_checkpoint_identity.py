@@ -117,7 +117,7 @@ def test_a_damaged_checkpoint_is_refused_and_the_finished_run_left_alone(tmp_pat
     result = cli(resume_args(run_dir, "trainer.max_steps=6"), tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert len(result.stderr.splitlines()) == 1
-    assert f"{checkpoint} cannot continue it: it is damaged" in result.stderr
+    assert f"{checkpoint} cannot continue this run: it is damaged" in result.stderr
     assert files(run_dir) == before
 
 
@@ -133,7 +133,9 @@ def test_another_runs_checkpoint_of_the_same_shapes_is_refused(tmp_path):
     longer = config(*ARGS, "trainer.max_steps=6", "resume=true", run_dir=run_dir)
     with pytest.raises(checks.ConfigError) as error:
         train(longer)
-    assert f"{checkpoint} cannot continue it: it belongs to run 'seed7' (seed 7" in str(error.value)
+    assert f"{checkpoint} cannot continue this run: it belongs to run 'seed7' (seed 7" in str(
+        error.value
+    )
     assert "not to this run 'seed0' (seed 0" in str(error.value)
     assert files(run_dir) == before
     with pytest.raises(checks.ConfigError, match="belongs to run 'seed7'"):
@@ -162,14 +164,33 @@ class SigtermInClosingValidation(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SigtermAsClosingValidationStarts(L.Callback):
+    """Sends this process a real SIGTERM as the closing validation starts, once (then makes
+    ``sent``): Lightning's SIGTERM handler is still in (StopOnSignal, a Checkpoint subclass,
+    takes SIGTERM back after this callback's hook)."""
+
+    def __init__(self, sent: str):
+        self.sent = Path(sent)
+
+    def on_validation_start(self, trainer: L.Trainer, *_args: object) -> None:
+        if trainer.state.fn == "validate" and not self.sent.exists():
+            self.sent.touch()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def signalling(callback: type[L.Callback], *settings: str) -> str:
+    entries = ",".join([f"_target_:{__name__}.{callback.__name__}", *settings])
+    return f"+callbacks.sigterm={{{entries}}}"
+
+
 @pytest.mark.slow
 def test_sigterm_in_the_closing_validation_completes_the_run_and_exits_143(tmp_path):
     """The last step is 3, validations every 2: the run ends with a validation of its own,
     which a SIGTERM lets finish; the run is complete (its resume has nothing to do) and the
     command exits 143, as a shell says of a command that SIGTERM ended."""
     run_dir = tmp_path / "run"
-    signalling = f"+callbacks.sigterm={{_target_:{__name__}.SigtermInClosingValidation}}"
-    args = [*ARGS, "module.val_batches=3", signalling, f"hydra.run.dir={run_dir}"]
+    sigterm = signalling(SigtermInClosingValidation)
+    args = [*ARGS, "module.val_batches=3", sigterm, f"hydra.run.dir={run_dir}"]
     result = cli(args, tmp_path, PYTHONPATH=TESTS)
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -178,6 +199,27 @@ def test_sigterm_in_the_closing_validation_completes_the_run_and_exits_143(tmp_p
     assert "validation at step 3" in (run_dir / "train.log").read_text()
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 3
+
+
+@pytest.mark.slow
+def test_sigterm_as_lightning_catches_it_is_an_interruption_that_resumes(tmp_path):
+    """A SIGTERM that Lightning's handler sees too (it ends the validation with its
+    SIGTERMException, a SystemExit): recorded as interrupted, exit 143, checkpointed at the
+    last step; the resume runs the closing validation and completes."""
+    run_dir = tmp_path / "run"
+    sigterm = signalling(SigtermAsClosingValidationStarts, f"sent:{tmp_path}/sent")
+    args = [*ARGS, "module.val_batches=3", sigterm, f"hydra.run.dir={run_dir}"]
+    result = cli(args, tmp_path, PYTHONPATH=TESTS)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    assert result.stdout.strip().splitlines()[-1].startswith("interrupted at step 3; resume with")
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 3
+    resumed = cli([*args, "resume=true"], tmp_path, PYTHONPATH=TESTS)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 3
+    assert "validation at step 3" in (run_dir / "train.log").read_text()
 
 
 @pytest.mark.slow

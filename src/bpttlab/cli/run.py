@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
@@ -113,6 +114,9 @@ def _fit(
             trainer.validate(module, verbose=False)
     except Interrupted:
         pass
+    except SIGTERMException:  # Lightning's, for a SIGTERM in the instant before ``stop`` took
+        stop.received = stop.received or "SIGTERM"  # it back (start of fit or of the closing
+        stop.stopped_here(trainer)  # validation): an interruption like any other
     except BaseException as caught:  # recorded as failed, then raised again
         error = caught
         log.error("exception during the run", exc_info=True)

@@ -92,8 +92,12 @@ class StopOnSignal(Checkpoint):
                 self._stop(trainer)
 
     def _stop(self, trainer: L.Trainer) -> None:
+        self.stopped_here(trainer)
+        raise Interrupted(f"{self.received} at step {trainer.global_step}")
+
+    def stopped_here(self, trainer: L.Trainer) -> None:
+        """Record that the run stopped at this step, and checkpoint it there."""
         self.stopped_at_step = trainer.global_step
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, LastCheckpoint):
                 callback.save(trainer)
-        raise Interrupted(f"{self.received} at step {trainer.global_step}")

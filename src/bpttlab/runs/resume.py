@@ -62,8 +62,12 @@ class Finished(Exception):
 
     def __init__(self, run_dir: Path, metrics: dict[str, Any]):
         self.metrics = metrics
+        try:
+            summary = final_line(metrics)
+        except (KeyError, TypeError, ValueError):  # a metrics.json edited by hand
+            summary = metrics["status"]
         super().__init__(
-            f"{run_dir} finished already ({final_line(metrics)}); nothing to resume, its files "
+            f"{run_dir} finished already ({summary}); nothing to resume, its files "
             "are left as they are (a larger trainer.max_steps continues it)"
         )
 
@@ -106,7 +110,9 @@ def check_resume(cfg: DictConfig) -> Path:
         ) from None
     problem = seal_problem(state, identity(cfg))
     if problem is not None:
-        raise ConfigError("resume", True, f"false here: {checkpoint} cannot continue it: {problem}")
+        raise ConfigError(
+            "resume", True, f"false here: {checkpoint} cannot continue this run: {problem}"
+        )
     return checkpoint
 
 
