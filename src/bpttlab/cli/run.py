@@ -114,9 +114,11 @@ def _fit(
             trainer.validate(module, verbose=False)
     except Interrupted:
         pass
-    except SIGTERMException:  # Lightning's, for a SIGTERM in the instant before ``stop`` took
-        stop.received = stop.received or "SIGTERM"  # it back (start of fit or of the closing
-        stop.stopped_here(trainer)  # validation): an interruption like any other
+    except SIGTERMException:
+        # Lightning's own stop, for a SIGTERM in the instant before ``stop`` took SIGTERM back
+        # (start of fit or of the closing validation): an interruption like any other.
+        stop.received = stop.received or "SIGTERM"
+        stop.stopped_here(trainer)
     except BaseException as caught:  # recorded as failed, then raised again
         error = caught
         log.error("exception during the run", exc_info=True)
