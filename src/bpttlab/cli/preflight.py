@@ -11,7 +11,7 @@ from omegaconf import open_dict
 
 from bpttlab.checks import ConfigError
 from bpttlab.cli.command_line import MULTIRUN_FLAGS, parse_overrides
-from bpttlab.runs.resume import check_resume
+from bpttlab.runs.resume import check_no_checkpoint, check_resume
 from bpttlab.runs.rundir import busy, check_writable, live_pid
 
 
@@ -42,6 +42,10 @@ def check_run_dirs(args: list[str], config_dir: str, config_name: str) -> None:
         n_jobs.lstrip("-").isdigit() and int(n_jobs) not in (0,) and int(n_jobs) >= -1
     ):
         raise ConfigError("hydra.launcher.n_jobs", n_jobs, "an integer >= 1, or -1 for every core")
+    checkpoint_dir = last_value(args, "callbacks.checkpoint.dirpath")
+    resuming = str(last_value(args, "resume")).lower() == "true"
+    if checkpoint_dir is not None and "${" not in checkpoint_dir and not resuming:
+        check_no_checkpoint(checkpoint_dir)  # another run's: a new run would overwrite it
     if is_multirun(args):
         return  # each job checks its own dir under its lock
     if run_dir is None:  # a new, unique run dir
