@@ -179,3 +179,58 @@ def test_loading_the_library_keeps_subnormals(tmp_path):
     result = run_python(code, tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]
+
+
+RNN_BOTH_WAYS = """
+import ctypes, pathlib, torch
+from bpttlab.cells.kernels import compiled, library_cache, rnn
+{patch}
+g = torch.Generator().manual_seed(0)
+x, h0 = torch.randn(4, 9, 3, generator=g), torch.randn(4, 5, generator=g)
+weights = [torch.randn(*s, generator=g) / 2 for s in ((5, 3), (5, 5), (5,), (5,))]
+def run():
+    inputs = x.clone().requires_grad_()
+    y, h = rnn(inputs, h0, *weights)
+    (y.sum() + h.sum()).backward()
+    return y, h, inputs.grad
+first = run()
+ran = compiled.compiled_in_effect()
+compiled.use_compiled(False)
+print(ran, all(torch.equal(a, b) for a, b in zip(first, run())))
+"""
+
+DRIFTS = {  # rnn_step.c's struct: long batch, hidden, steps, relu; then sgemm_fn *gemm
+    "C fields reordered": ("rnn_step.c", "long batch, hidden, steps", "long hidden, batch, steps"),
+    "C struct grown": ("rnn_step.c", "    sgemm_fn *gemm;", "    long spare;\n    sgemm_fn *gemm;"),
+    "version": ("step_loops.h", "#define STEP_LOOPS_VERSION 1", "#define STEP_LOOPS_VERSION 2"),
+}
+NARROWED = """
+import importlib
+kernel = importlib.import_module("bpttlab.cells.kernels.rnn")  # the module, not the function
+class Narrowed(ctypes.Structure):  # relu a C int here, a long in rnn_step.c: the same offsets
+    _fields_ = [*kernel.CompiledBuffers._fields_[:-2], ("relu", ctypes.c_int), ("gemm", ctypes.c_void_p)]
+kernel.CompiledBuffers = Narrowed
+"""
+
+
+@pytest.mark.parametrize("drift", [*DRIFTS, "Python field narrowed"])
+def test_a_library_whose_layout_differs_is_refused_and_torch_operations_run(tmp_path, drift):
+    """The library's handshake (version, struct size, each field's offset and size) differs
+    from the ctypes Structure the kernel fills: one warning, no compiled call, the results
+    bitwise those of torch operations."""
+    if drift in DRIFTS:
+        name, old, new = DRIFTS[drift]
+        sources = tmp_path / "sources"
+        shutil.copytree(compiled.SOURCES, sources, ignore=shutil.ignore_patterns("*.py*"))
+        text = (sources / name).read_text()
+        assert old in text
+        (sources / name).write_text(text.replace(old, new))
+        patch = f"library_cache.SOURCES = pathlib.Path({str(sources)!r})"
+    else:
+        patch = NARROWED
+    result = run_python(RNN_BOTH_WAYS.format(patch=patch), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
+    assert result.stderr.count("bpttlab cannot run rnn_step.c") == 1, result.stderr
+    assert "differ from CompiledBuffers" in result.stderr or "Narrowed" in result.stderr
+    assert len(libraries(tmp_path)) == 1  # built, loaded, refused
