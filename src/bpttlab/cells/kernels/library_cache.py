@@ -62,7 +62,7 @@ def load_or_build(name: str) -> ctypes.CDLL:
     library = load_trusted(target)
     if library is not None:
         return library
-    with build_lock(target.parent):
+    with build_lock(target.parent) as locked:
         library = load_trusted(target)  # built by another process while this one waited
         if library is None:
             compile_to(target, source)
@@ -70,7 +70,8 @@ def load_or_build(name: str) -> ctypes.CDLL:
             if library is None:
                 target.unlink(missing_ok=True)
                 raise CannotBuild(f"{c_compiler()} built a library that does not load")
-        remove_outdated(target.parent)
+        if locked:  # else another build may be under way: its partial file is not outdated
+            remove_outdated(target.parent)
     return library
 
 
@@ -134,11 +135,11 @@ def compile_to(target: Path, source: Path) -> None:
 
 
 @contextlib.contextmanager
-def build_lock(folder: Path) -> Iterator[None]:
+def build_lock(folder: Path) -> Iterator[bool]:
     """Hold the folder's build lock (one build at a time, also between machines sharing the
-    folder); after LOCK_WAIT_SECONDS without it, go on unlocked."""
+    folder) and give True; after LOCK_WAIT_SECONDS without it, go on unlocked (False)."""
     if fcntl is None:
-        yield
+        yield False
         return
     descriptor = os.open(folder / "build.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -149,9 +150,10 @@ def build_lock(folder: Path) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    break
+                    yield False
+                    return
                 time.sleep(0.05)
-        yield
+        yield True
     finally:
         os.close(descriptor)  # releases the lock
 
