@@ -7,6 +7,7 @@ GEMMs are torch's own."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -234,3 +235,19 @@ def test_a_library_whose_layout_differs_is_refused_and_torch_operations_run(tmp_
     assert result.stderr.count("bpttlab cannot run rnn_step.c") == 1, result.stderr
     assert "differ from CompiledBuffers" in result.stderr or "Narrowed" in result.stderr
     assert len(libraries(tmp_path)) == 1  # built, loaded, refused
+
+
+@pytest.mark.slow
+def test_a_run_that_never_calls_a_compiled_loop_builds_none_and_says_so(tmp_path):
+    """A real run of the default LSTM (torch's kernel, no gradient-flow probes) builds no
+    library and records compiled_kernels false in metrics.json (a gru run records true:
+    tests/test_train.py)."""
+    command = [str(Path(sys.executable).parent / "bpttlab-train"), "cell.hidden_size=8"]
+    command += ["module.batch_size=8", "module.val_batches=1", "task.gap=10"]
+    command += ["trainer.max_steps=2", "~callbacks.grad_flow", f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["compiled_kernels"] is False
+    assert libraries(tmp_path / "cache") == []
