@@ -180,8 +180,8 @@ def cache_folder() -> Path:
             return folder
         if folder == configured:
             warnings.warn(
-                f"bpttlab does not build its step loops in {folder} ({why}; chmod 700 it to "
-                "use it): it builds them in a private folder of its own",
+                f"bpttlab does not build its step loops in {folder} ({why}; it uses only a "
+                "folder of yours with mode 700): it builds them in a private folder of its own",
                 stacklevel=2,
             )
     fresh = Path(tempfile.mkdtemp(prefix="bpttlab-"))  # 0700, this process's
