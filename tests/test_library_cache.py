@@ -181,3 +181,20 @@ def test_a_library_that_passes_the_checks_is_loaded_so_the_marker_shows_loading(
     out, err = run_python(TRAIN_AND_SAY_WHERE, tmp_path)
     assert marker.exists()
     assert out.split()[0] == "False" and err.count("answers no layout") + err.count("differ") == 1
+
+
+def test_a_library_built_under_a_permissive_umask_is_trusted_and_reused(tmp_path):
+    """With umask 002 (group-writable new files) the build still writes a library only this
+    user can write, so the next process loads it instead of building it again."""
+    code = (
+        "import os\n"
+        "os.umask(0o002)\n"
+        "from bpttlab.cells.kernels import compiled\n"
+        "print(compiled.build('rnn_step')._name)\n"
+    )
+    first, _ = run_python(code, tmp_path)
+    library = Path(first.strip())
+    assert library.stat().st_mode & 0o022 == 0
+    made = library.stat().st_mtime_ns
+    second, _ = run_python(code, tmp_path)
+    assert second == first and library.stat().st_mtime_ns == made
