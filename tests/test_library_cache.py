@@ -57,6 +57,7 @@ print(compiled.build("rnn_step") is not None)
 """
 
 
+@pytest.mark.slow
 def test_concurrent_processes_build_a_library_once(tmp_path):
     """Four processes that need the library at the same moment: the compiler runs once (a
     compiler that takes a second, logging each run), all four load it, no partial file is
