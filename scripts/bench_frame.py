@@ -13,6 +13,8 @@ from collections.abc import Callable
 from bench_protocol import add_common_options, check_common_options, prepare_process, refuse
 from bench_report import Section, environment, environment_lines, write_docs
 
+from bpttlab.cells.kernels.compiled import compiled_in_effect
+
 Measure = Callable[[argparse.Namespace, set[str]], tuple[dict, list[Section]]]
 
 
@@ -55,9 +57,12 @@ def run(
     start = time.perf_counter()
     results, tables = measure(args, chosen)
     elapsed = time.perf_counter() - start
-    print(f"total {elapsed:.0f} s; load average at end {[round(v, 2) for v in os.getloadavg()]}")
+    print(
+        f"total {elapsed:.0f} s; load average at end {[round(v, 2) for v in os.getloadavg()]}; "
+        f"compiled step loops ran: {compiled_in_effect()}"  # built at their first call
+    )
     if args.json:
-        end = {"load_average_at_end": list(os.getloadavg())}
+        end = {"load_average_at_end": list(os.getloadavg()), "compiled_steps": compiled_in_effect()}
         report = {"environment": env | end, "quick": args.quick, **results, "seconds": elapsed}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

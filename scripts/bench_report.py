@@ -18,8 +18,6 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from bpttlab.cells.kernels.compiled import compiled_in_effect
-
 NUMBER = re.compile(r"[-+0-9.,%e]*")  # a figure, or an empty cell: right-aligned in Markdown
 
 
@@ -85,7 +83,6 @@ def environment() -> dict:
         "cpus_usable": usable,
         "torch_threads": torch.get_num_threads(),
         "mkldnn_available": torch.backends.mkldnn.is_available(),
-        "compiled_steps": compiled_in_effect(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
     }
 
@@ -95,8 +92,7 @@ def environment_lines(env: dict) -> str:
         f"torch {env['torch']}, lightning {env['lightning']}, python {env['python']}, "
         f"{env['platform']}\n{env['cpu_model']}, CPUs: {env['cpu_count']} "
         f"(usable {env['cpus_usable']}), torch.get_num_threads() = {env['torch_threads']}, "
-        f"load average at start {env['load_average_at_start']}, "
-        f"compiled kernel steps: {env['compiled_steps']}"
+        f"load average at start {env['load_average_at_start']}"
     )
 
 

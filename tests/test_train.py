@@ -331,7 +331,7 @@ def test_process_settings_take_effect_in_the_training_process(tmp_path, flush, k
     allocator, the compiled library loaded)."""
     overrides = [*SMALL, "trainer.max_steps=2", "~callbacks.grad_flow"]
     overrides += [f"flush_subnormals={flush}", f"keep_freed_memory={keep}"]
-    overrides += [f"compiled_kernels={compiled}"]
+    overrides += [f"compiled_kernels={compiled}", "cell=gru"]  # gru: bpttlab's kernel
     result = subprocess.run(
         [*CLI, *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True,

@@ -1,14 +1,17 @@
-"""C step loops shipped with bpttlab, compiled with the machine's C compiler at first use.
+"""C step loops shipped with bpttlab, compiled with the machine's C compiler when first needed.
 
 A kernel's step loop runs one small GEMM and a dozen small element-wise operations per
 timestep; as torch operations each costs a dispatch from Python and a pass over memory. In C a
 step is one call of the BLAS ``sgemm_`` torch itself multiplies matrices with (found in torch's
-libraries, so the products are torch's) and one pass for the element-wise work. The library is
-built once per source, compiler and CPU (``-march=native``) into ``$XDG_CACHE_HOME/bpttlab``
-(``~/.cache/bpttlab`` by default) and loaded with ctypes. Where there is no C compiler (``$CC``,
-else ``cc``), no glibc vector maths or no BLAS in torch's libraries, or the build fails,
-``library`` returns None with one warning and the kernels run those loops as torch operations:
-the same equations, slower, and different in the last bits of float32. ``use_compiled(False)``
+libraries, so the products are torch's) and one pass for the element-wise work. A library is
+built at the first call of a kernel that can use it (float32 on CPU), once per source, compiler
+and CPU, into a private cache (``library_cache``), and loaded with ctypes. Before its first
+call the library answers a handshake: its version and the size and the offset and size of each
+field of its buffers struct, which must equal those of the ctypes Structure the kernel fills
+(a drift between the two would corrupt memory). Where there is no C compiler (``$CC``, else
+``cc``), no glibc vector maths or no BLAS in torch's libraries, the build fails or the handshake
+differs, the kernels run those loops as torch operations, with one warning per process: the
+same equations, slower, and different in the last bits of float32. ``use_compiled(False)``
 (``compiled_kernels=false``) chooses the torch operations.
 """
 
@@ -16,41 +19,33 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
-SOURCES = Path(__file__).parent
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared"]
-LINK = ["-lmvec", "-lm"]  # glibc's vector maths (expf over 8 or 16 floats at once)
+from bpttlab.cells.kernels import library_cache
+from bpttlab.cells.kernels.library_cache import SOURCES, STEP_SOURCES, c_compiler
 
-STEP_SOURCES = ("rnn_step", "gru_step", "lstm_step")  # the kernels' step loops, one C file each
+__all__ = ["SOURCES", "STEP_SOURCES", "c_compiler", "compiled_in_effect", "steps", "use_compiled"]
+
+LAYOUT_VERSION = 1  # STEP_LOOPS_VERSION of step_loops.h: the meaning of the buffers' fields
 
 _wanted = True
+_ran = False  # whether a compiled step loop ran in this process
+_warned = False
 
 
-def use_compiled(enabled: bool) -> bool:
-    """Choose the compiled step loops (``enabled``) or torch operations for this process; return
-    whether compiled step loops are in effect."""
+def use_compiled(enabled: bool) -> None:
+    """Choose the compiled step loops (``enabled``, where they can run) or torch operations
+    for the kernels' calls from now on in this process."""
     global _wanted
     _wanted = enabled
-    return compiled_in_effect()
 
 
 def compiled_in_effect() -> bool:
-    """Whether the kernels run their step loops compiled now."""
-    return all([library(name) is not None for name in STEP_SOURCES])  # builds every one
-
-
-def c_compiler() -> str:
-    """The C compiler to build with: ``$CC``, else ``cc``."""
-    return os.environ.get("CC", "cc")
+    """Whether a compiled step loop has run in this process."""
+    return _ran
 
 
 def library(name: str) -> ctypes.CDLL | None:
@@ -83,18 +78,24 @@ class CompiledSteps:
         self.library = library
 
     def forward(self) -> None:
+        global _ran
         self.library.forward(self.address)
+        _ran = True
 
     def backward(self) -> None:
+        global _ran
         self.library.backward(self.address)
+        _ran = True
 
 
 def steps(name: str, struct: type[ctypes.Structure], tensors: tuple, *sizes: int):
     """``<name>.c``'s step loops over a ``struct`` of the addresses of ``tensors`` (None for a
     missing one), ``sizes`` and the BLAS ``sgemm_``; None where they do not apply (not float32
-    on CPU) or are not compiled."""
+    on CPU, not wanted) or cannot run (not built, or a library whose layout is not ``struct``)."""
     like = next(t for t in tensors if t is not None)
-    compiled = library(name) if like.dtype == torch.float32 and like.device.type == "cpu" else None
+    if not (_wanted and like.dtype == torch.float32 and like.device.type == "cpu"):
+        return None
+    compiled = checked(name, struct)
     if compiled is None:
         return None
     if not all(t is None or t.is_contiguous() for t in tensors):
@@ -104,93 +105,57 @@ def steps(name: str, struct: type[ctypes.Structure], tensors: tuple, *sizes: int
 
 
 @functools.cache
+def checked(name: str, struct: type[ctypes.Structure]) -> ctypes.CDLL | None:
+    """The compiled ``<name>.c`` if its handshake answers ``struct``'s layout, else None."""
+    compiled = library(name)
+    if compiled is None:
+        return None
+    expected = layout(struct)
+    answer = (ctypes.c_long * len(expected))()
+    try:
+        handshake = compiled.layout
+    except AttributeError:
+        return unavailable(name, "it answers no layout handshake")
+    handshake.argtypes, handshake.restype = [ctypes.c_void_p, ctypes.c_long], ctypes.c_long
+    length = handshake(answer, len(expected))
+    if length != len(expected) or list(answer) != expected:
+        got = list(answer)[: max(0, length)]
+        why = f"its version and layout {got} differ from {struct.__qualname__}'s {expected}"
+        return unavailable(name, why)
+    return compiled
+
+
+def layout(struct: type[ctypes.Structure]) -> list[int]:
+    """What the library's handshake must answer for ``struct``: the version, the struct's size,
+    its number of fields, then each field's offset and size in declaration order."""
+    fields = [getattr(struct, name) for name, *_ in struct._fields_]
+    offsets_and_sizes = [n for field in fields for n in (field.offset, field.size)]
+    return [LAYOUT_VERSION, ctypes.sizeof(struct), len(fields), *offsets_and_sizes]
+
+
+@functools.cache
 def build(name: str) -> ctypes.CDLL | None:
-    """``<name>.c`` loaded from the cache, built first where it is not there or does not load
-    (a damaged file, or one built against another C library); None, with one warning, where it
-    cannot be built or torch has no BLAS for its GEMMs."""
-    source = SOURCES / f"{name}.c"
+    """``<name>.c`` loaded from the cache, built there first where needed (see
+    ``library_cache``) and its step loops typed; None, with the process's one warning, where
+    it cannot be built or torch has no BLAS for its GEMMs."""
     if blas_gemm() is None:
         return unavailable(name, "torch's libraries export no BLAS sgemm_ for its GEMMs")
-    if not source.is_file():
-        return unavailable(name, f"{source} is missing")
-    target = library_path(source)
-    loaded = load(target) if target.exists() else None
-    if loaded is None:
-        error = compile_to(target, c_compiler(), source)
-        if error:
-            return unavailable(name, error)
-        loaded = load(target)
-    return loaded if loaded is not None else unavailable(name, f"{target} does not load")
-
-
-def library_path(source: Path) -> Path:
-    """Where ``source``'s library is cached: named by the source and the headers it includes,
-    the build line and the CPU."""
-    build_line = " ".join([c_compiler(), *FLAGS, *LINK]).encode()
-    headers = [header.read_bytes() for header in sorted(SOURCES.glob("*.h"))]
-    parts = [source.read_bytes(), *headers, build_line, cpu_identity()]
-    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
-    return cache_dir() / f"{source.stem}-{key}.so"
-
-
-def load(target: Path) -> ctypes.CDLL | None:
-    """The library at ``target`` with its step loops typed, or None if it does not load."""
     try:
-        library = ctypes.CDLL(str(target))
-        functions = library.forward, library.backward
-    except (OSError, AttributeError):
-        return None
+        loaded = library_cache.load_or_build(name)
+        functions = loaded.forward, loaded.backward
+    except library_cache.CannotBuild as error:
+        return unavailable(name, str(error))
+    except AttributeError:
+        return unavailable(name, "it has no forward and backward step loops")
     for function in functions:
         function.argtypes, function.restype = [ctypes.c_void_p], None
-    return library
+    return loaded
 
 
 def unavailable(name: str, why: str) -> None:
-    """Warn (once per process: ``build`` is cached) that ``name`` runs uncompiled."""
-    message = f"bpttlab cannot run {name}.c ({why}); its kernel runs its step loops as torch "
-    warnings.warn(message + "operations (slower)", stacklevel=3)
-
-
-def compile_to(target: Path, compiler: str, source: Path) -> str | None:
-    """Build ``source`` into ``target`` (atomically: concurrent workers, on this machine or on
-    others sharing the cache folder, may build it too); return why it failed, or None."""
-    partial = target.with_name(f"{target.name}.{platform.node()}.{os.getpid()}.partial")
-    command = [compiler, *FLAGS, str(source), "-o", str(partial), *LINK]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return f"{compiler}: {error}"
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        last_line = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        return f"{compiler} failed: {last_line}"
-    os.replace(partial, target)
-    return None
-
-
-def cache_dir() -> Path:
-    """Where compiled libraries are kept: the user's cache, else a folder in the temp dir; only
-    a folder this user owns (a library loaded from it runs as this user)."""
-    user = os.getuid() if hasattr(os, "getuid") else None  # None: no user ids (Windows)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bpttlab"
-    for folder in (base, Path(tempfile.gettempdir()) / f"bpttlab-{user}"):
-        try:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            owned = user is None or folder.stat().st_uid == user
-        except OSError:
-            continue
-        if owned and os.access(folder, os.W_OK):
-            return folder
-    return Path(tempfile.mkdtemp(prefix="bpttlab-"))
-
-
-def cpu_identity() -> bytes:
-    """The CPU the library is compiled for: its model and instruction-set flags (a cache shared
-    between machines must not hand one machine's -march=native build to another)."""
-    identity = [platform.machine(), platform.processor()]
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-        identity += [line for line in cpuinfo.splitlines() if line.startswith(("model", "flags"))]
-    except OSError:
-        pass
-    return "\n".join(identity).encode()
+    """Warn, the first time in this process, that ``name`` runs as torch operations."""
+    global _warned
+    if not _warned:
+        _warned = True
+        message = f"bpttlab cannot run {name}.c ({why}); the kernels run their step loops "
+        warnings.warn(message + "as torch operations (slower)", stacklevel=4)

@@ -21,6 +21,13 @@ typedef struct {
     sgemm_fn *gemm;
 } gru_buffers;
 
+HANDSHAKE(gru_buffers,
+          FIELD(gru_buffers, projected), FIELD(gru_buffers, gates), FIELD(gru_buffers, new),
+          FIELD(gru_buffers, hs), FIELD(gru_buffers, grad_gates), FIELD(gru_buffers, grad_h),
+          FIELD(gru_buffers, grad_y), FIELD(gru_buffers, sink), FIELD(gru_buffers, weights),
+          FIELD(gru_buffers, batch), FIELD(gru_buffers, hidden), FIELD(gru_buffers, steps),
+          FIELD(gru_buffers, gemm))
+
 static void forward_row(float *restrict gate, const float *restrict new_input,
                         float *restrict n, const float *restrict h, float *restrict h_next,
                         long H) {

@@ -23,6 +23,14 @@ typedef struct {
     sgemm_fn *gemm;
 } lstm_buffers;
 
+HANDSHAKE(lstm_buffers,
+          FIELD(lstm_buffers, gates), FIELD(lstm_buffers, cs), FIELD(lstm_buffers, hs),
+          FIELD(lstm_buffers, squashed), FIELD(lstm_buffers, grad_gates),
+          FIELD(lstm_buffers, grad_h), FIELD(lstm_buffers, grad_c), FIELD(lstm_buffers, grad_y),
+          FIELD(lstm_buffers, sink_h), FIELD(lstm_buffers, sink_c), FIELD(lstm_buffers, weights),
+          FIELD(lstm_buffers, batch), FIELD(lstm_buffers, hidden), FIELD(lstm_buffers, steps),
+          FIELD(lstm_buffers, gemm))
+
 static void forward_row(float *restrict gate, const float *restrict c_prev, float *restrict c,
                         float *restrict h, float *restrict squashed, long H) {
     for (long j = 0; j < 4 * H; j++) gate[j] = 1.0f / (1.0f + expf(-gate[j]));

@@ -16,6 +16,12 @@ typedef struct {
     sgemm_fn *gemm;
 } rnn_buffers;
 
+HANDSHAKE(rnn_buffers,
+          FIELD(rnn_buffers, hs), FIELD(rnn_buffers, grad_pre), FIELD(rnn_buffers, grad_h),
+          FIELD(rnn_buffers, grad_y), FIELD(rnn_buffers, sink), FIELD(rnn_buffers, weights),
+          FIELD(rnn_buffers, batch), FIELD(rnn_buffers, hidden), FIELD(rnn_buffers, steps),
+          FIELD(rnn_buffers, relu), FIELD(rnn_buffers, gemm))
+
 /* Step t forward: row t + 1 of hs already holds W_ih x_t + b + W_hh h_t. */
 static void forward_step(const rnn_buffers *s, long t) {
     float *restrict h = s->hs + (t + 1) * s->batch * s->hidden;

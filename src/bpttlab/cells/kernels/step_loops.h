@@ -12,3 +12,19 @@ typedef void sgemm_fn(const char *transa, const char *transb, const int *m, cons
 
 /* glibc's vector expf (libmvec), declared so the loops vectorise without -ffast-math */
 float expf(float) __attribute__((simd("notinbranch")));
+
+/* The handshake the Python side (compiled.py) reads before a library's first call: the version
+ * of the buffers' meaning, then sizeof the buffers struct, its number of fields and each field's
+ * offset and size, in the order of the ctypes Structure that fills it. layout(out, capacity)
+ * writes at most `capacity` of them into `out` and returns how many it has. */
+#define STEP_LOOPS_VERSION 1
+#define FIELD(type, name) (long)offsetof(type, name), (long)sizeof(((type *)0)->name)
+#define HANDSHAKE(type, ...)                                                                \
+    static const long fields_[] = {__VA_ARGS__};                                            \
+    long layout(long *out, long capacity) {                                                 \
+        const long count = (long)(sizeof fields_ / sizeof *fields_);                        \
+        const long head[] = {STEP_LOOPS_VERSION, (long)sizeof(type), count / 2};            \
+        for (long i = 0; i < 3 + count && i < capacity; i++)                                \
+            out[i] = i < 3 ? head[i] : fields_[i - 3];                                      \
+        return 3 + count;                                                                   \
+    }
