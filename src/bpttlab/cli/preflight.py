@@ -12,7 +12,7 @@ from omegaconf import open_dict
 
 from bpttlab.checks import ConfigError
 from bpttlab.cli.command_line import MULTIRUN_FLAGS, parse_overrides
-from bpttlab.runs.resume import check_resume
+from bpttlab.runs.resume import check_no_checkpoint, check_resume
 from bpttlab.runs.rundir import busy, check_writable, hold_while_alive, live_pid
 from bpttlab.runs.sweepdir import check_sweep_resume, holds_sweep
 
@@ -51,6 +51,10 @@ def check_run_dirs(args: list[str], config_dir: str, config_name: str) -> None:
         n_jobs.lstrip("-").isdigit() and int(n_jobs) not in (0,) and int(n_jobs) >= -1
     ):
         raise ConfigError("hydra.launcher.n_jobs", n_jobs, "an integer >= 1, or -1 for every core")
+    checkpoint_dir = last_value(args, "callbacks.checkpoint.dirpath")
+    resuming = str(last_value(args, "resume")).lower() == "true"
+    if checkpoint_dir is not None and "${" not in checkpoint_dir and not resuming:
+        check_no_checkpoint(checkpoint_dir)  # another run's: a new run would overwrite it
     if is_multirun(args, config_dir, config_name):
         hold_sweep_dir(args, sweep_dir)  # each job then checks its own dir under its lock
         return

@@ -9,12 +9,15 @@ import math
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 
 from bpttlab import checks
@@ -26,10 +29,10 @@ from bpttlab.cli.hparams import hyperparameters
 from bpttlab.cli.subnormals import subnormals_flushed
 from bpttlab.module import SequenceModule
 from bpttlab.runs import outcome
-from bpttlab.runs.checkpoint import save_atomically
+from bpttlab.runs.checkpoint import LastCheckpoint, save_atomically
 from bpttlab.runs.interrupts import Interrupted, StopOnSignal
 from bpttlab.runs.outcome import write_atomically
-from bpttlab.runs.resume import check_resume, checkpoint_path
+from bpttlab.runs.resume import check_no_checkpoint, check_resume, checkpoint_path, identity
 from bpttlab.runs.rundir import RunLock
 from bpttlab.runs.runlog import ValidationLog, run_log
 
@@ -38,9 +41,10 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, Any]:
     """Run one experiment into ``cfg.run_dir``; return the metrics written to metrics.json.
 
     The run holds the run dir's lock throughout. A new run refuses a dir that already holds a
-    run; ``resume=true`` refuses anything but the run's own config and a readable checkpoint.
-    Whatever happens, metrics.json ends with a ``status``; a failed resume leaves the files
-    of the run it tried to continue as they were.
+    run, and a checkpoint dir that holds a checkpoint; ``resume=true`` refuses anything but the
+    run's own config and a checkpoint that this run wrote, intact, and raises Finished for a
+    run that has finished within its budget. Whatever happens, metrics.json ends with a
+    ``status``; a failed resume leaves the files of the run it tried to continue as they were.
     """
     run_dir = Path(cfg.run_dir)
     stop = stop or StopOnSignal()
@@ -48,6 +52,9 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, Any]:
     try:
         module = build_module(cfg)
         trainer = build_trainer(cfg, extra_callbacks=[stop])
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback.identity = identity(cfg)
         run_dir.mkdir(parents=True, exist_ok=True)
         with RunLock(run_dir):
             resume_from = check_run_dir(cfg)
@@ -72,6 +79,7 @@ def check_run_dir(cfg: DictConfig) -> Path | None:
             str(run_dir),
             "a directory that holds no run yet (this one does: add resume=true to continue it)",
         )
+    check_no_checkpoint(checkpoint_path(cfg).parent)
     return None
 
 
@@ -93,12 +101,25 @@ def _fit(
     start = time.perf_counter()
     error: BaseException | None = None
     try:
-        trainer.fit(module, ckpt_path=resume_from, weights_only=True)
+        with warnings.catch_warnings():
+            # Batch k is drawn from (seed, k), not from a dataloader's position: a resumed run
+            # goes on exactly as the run never stopped (tests/test_interrupts.py), whatever
+            # Lightning, which cannot know that, warns.
+            warnings.filterwarnings(
+                "ignore",
+                "You're resuming from a checkpoint that ended before the epoch ended "
+                "and your dataloader is not resumable",
+                PossibleUserWarning,
+            )
+            trainer.fit(module, ckpt_path=resume_from, weights_only=True)
         done = stop.stopped_at_step is None and module.diverged_at_step is None
         if done and module.val_step != trainer.global_step:
             trainer.validate(module, verbose=False)
     except Interrupted:
         pass
+    except SIGTERMException:  # Lightning's, for a SIGTERM in the instant before ``stop`` took
+        stop.received = stop.received or "SIGTERM"  # it back (start of fit or of the closing
+        stop.stopped_here(trainer)  # validation): an interruption like any other
     except BaseException as caught:  # recorded as failed, then raised again
         error = caught
         log.error("exception during the run", exc_info=True)
@@ -113,7 +134,7 @@ def _fit(
             write_atomically(run_dir / "config.yaml", resolved)  # the new budget
     # an interrupted run was saved at the batch it stopped after
     if error is None and stop.stopped_at_step is None and trainer.global_step > 0:
-        save_atomically(trainer, checkpoint_path(cfg))
+        save_atomically(trainer, checkpoint_path(cfg), identity(cfg))
     log_hparams(trainer, cfg, metrics)
     line = outcome.final_line(metrics, resume_hint(run_dir))
     log.info(line)

@@ -32,6 +32,7 @@ from bpttlab.cli.run import train
 from bpttlab.cli.subnormals import flush_subnormals
 from bpttlab.runs import rundir
 from bpttlab.runs.interrupts import StopOnSignal
+from bpttlab.runs.resume import Finished
 
 CONFIG_DIR = str(files("bpttlab.conf"))
 DIVERGED_OBJECTIVE = 1e3
@@ -70,17 +71,22 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     warnings.filterwarnings("ignore", message=".*no pre-optimization state was saved.*")
     # Short runs log less often than log_every_n_steps asks, which is what they should do.
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    stop = StopOnSignal()
     try:
         torch.set_num_threads(torch_threads(cfg))
         flush_subnormals(cfg.flush_subnormals)
         keep_freed_memory(cfg.get("keep_freed_memory", True))
         use_compiled(cfg.get("compiled_kernels", True))
-        stop = StopOnSignal()
         metrics = train(cfg, stop=stop)
+    except Finished as finished:  # its files are left as they are
+        print(f"bpttlab-train: {finished}")
+        return objective(finished.metrics, cfg.optimized_metric)
     except checks.ConfigError as error:
         print(f"bpttlab-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except Exception:
+    except (Exception, SystemExit):  # SystemExit: Lightning's on a second Ctrl-C
+        if stop.received is not None:  # the signal ended it: the status a shell gives
+            raise SystemExit(128 + signal.Signals[stop.received].value) from None
         if _multirun():  # recorded as failed in its run dir; the sweep goes on
             return DIVERGED_OBJECTIVE
         raise SystemExit(1) from None  # train() printed the one-line outcome
@@ -100,6 +106,9 @@ def main() -> None:
         if args is not None:  # None: --help, --cfg, --info and the like, which run nothing
             command_line.check_command_line(args, CONFIG_DIR, "train", check_config)
             preflight.check_run_dirs(args, CONFIG_DIR, "train")
+    except Finished as finished:  # before Hydra writes anything into its run dir
+        print(f"bpttlab-train: {finished}")
+        return
     except checks.ConfigError as error:
         for line in getattr(error, "lines", [str(error)]):
             print(f"bpttlab-train: error: {line}", file=sys.stderr)

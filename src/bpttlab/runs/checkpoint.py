@@ -4,6 +4,7 @@ multiple); ``StopOnSignal`` has it save the batch a signal stops the run after.
 
 A Checkpoint subclass, so Lightning runs it after every other callback of the batch; the file
 is written next to the old one and renamed over it, so a kill never leaves half a checkpoint.
+Every file is sealed (``bpttlab.runs.seal``) with the run's ``identity`` and a checksum.
 A batch that Lightning validates after is saved after that validation: Lightning resumes from
 such a checkpoint without validating again, but skips the validation of a checkpoint taken
 before it, which would lose that validation's points and what it decided (``solved_at_step``).
@@ -13,20 +14,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
 from bpttlab import checks
+from bpttlab.runs.seal import sealed
 
 LAST = "last.ckpt"
 
 
-def save_atomically(trainer: L.Trainer, path: Path) -> None:
-    """``trainer.save_checkpoint`` to a temporary name, then rename it to ``path``."""
+def save_atomically(trainer: L.Trainer, path: Path, identity: dict[str, Any] | None = None) -> None:
+    """What ``trainer.save_checkpoint`` writes, sealed with ``identity`` and its checksum, to a
+    temporary name, then renamed to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    trainer.save_checkpoint(partial, weights_only=False)
+    checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+    trainer.strategy.save_checkpoint(sealed(checkpoint, identity), partial)
     os.replace(partial, path)
 
 
@@ -37,11 +42,13 @@ def validation_follows(trainer: L.Trainer) -> bool:
 
 
 class LastCheckpoint(Checkpoint):
-    """Keep ``<dirpath>/last.ckpt`` at most ``every_n_train_steps`` optimiser steps old."""
+    """Keep ``<dirpath>/last.ckpt`` at most ``every_n_train_steps`` optimiser steps old, sealed
+    with ``identity`` (the run's; set by whoever runs it, None for none)."""
 
     def __init__(self, dirpath: str | None, every_n_train_steps: int = 200):
         self.dirpath = Path(dirpath or "checkpoints")
         self.every_n_train_steps = checks.integer("every_n_train_steps", every_n_train_steps, 1)
+        self.identity: dict[str, Any] | None = None
         self.saved_at_step: int | None = None
         self._after_validation = False
 
@@ -68,5 +75,5 @@ class LastCheckpoint(Checkpoint):
     def save(self, trainer: L.Trainer) -> None:
         """Save now, unless this step is saved already."""
         if self.saved_at_step != trainer.global_step or not self.path.exists():
-            save_atomically(trainer, self.path)
+            save_atomically(trainer, self.path, self.identity)
             self.saved_at_step = trainer.global_step

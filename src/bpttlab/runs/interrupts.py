@@ -39,8 +39,11 @@ class StopOnSignal(Checkpoint):
     have.
 
     ``install`` takes over both signals (train() does so before building anything);
-    ``on_train_start`` takes them over again, after Lightning put its own SIGTERM handler in.
-    A second signal raises KeyboardInterrupt: the impatient way out.
+    ``on_train_start`` and ``on_validation_start`` take them over again, after Lightning put its
+    own SIGTERM handler in for ``fit`` or ``validate`` (it would end the run with a
+    SIGTERMException, a SystemExit, in the middle of the closing validation). A signal during
+    the closing validation lets it finish: the run completes, and the command exits as the
+    signal says. A second signal raises KeyboardInterrupt: the impatient way out.
     """
 
     def __init__(self) -> None:
@@ -65,6 +68,12 @@ class StopOnSignal(Checkpoint):
         self.received = signal.Signals(signum).name
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over()
+
+    def _take_over(self) -> None:
         for signum in SIGNALS:
             signal.signal(signum, self._handle)
 
@@ -83,8 +92,12 @@ class StopOnSignal(Checkpoint):
                 self._stop(trainer)
 
     def _stop(self, trainer: L.Trainer) -> None:
+        self.stopped_here(trainer)
+        raise Interrupted(f"{self.received} at step {trainer.global_step}")
+
+    def stopped_here(self, trainer: L.Trainer) -> None:
+        """Record that the run stopped at this step, and checkpoint it there."""
         self.stopped_at_step = trainer.global_step
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, LastCheckpoint):
                 callback.save(trainer)
-        raise Interrupted(f"{self.received} at step {trainer.global_step}")
