@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bpttlab.analysis.report import report
-from bpttlab.analysis.sweep import read_runs
+from bpttlab.analysis.sweep import group_runs, read_runs
 
 CLI = str(Path(sys.executable).parent / "bpttlab-train")
 S = [
@@ -90,6 +90,37 @@ def test_a_second_sweep_into_a_sweep_dir_is_refused_before_it_writes(tmp_path):
     third = run(["-m", *S, "seed=2,3", f"hydra.sweep.dir={sweep}"], tmp_path)
     refused(third, "hydra.sweep.dir", "holds no sweep yet (this one does: add resume=true")
     assert files(sweep) == before
+
+
+def test_an_interrupted_sweep_resumes_as_documented(tmp_path):
+    """seed=0,1,2 interrupted (SIGINT) in job 1, then the same command with resume=true: job 0,
+    finished, is left byte for byte as it was; job 1 continues from its checkpoint and keeps
+    Hydra's record of its first start; job 2, never started, starts; the report sees one group
+    of three seeds. A resume with other sweep values is refused before anything is written."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *S, "seed=0,1,2", f"hydra.sweep.dir={sweep}"]
+    process = start(args, tmp_path)
+    wait_for(sweep, "1_*/config.yaml", process)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=600) == 130
+    job0, job1 = sorted(sweep.glob("[01]_*"))
+    assert [r.status for r in read_runs(sweep)] == ["completed", "interrupted"]
+    finished, record = files(job0), files(job1 / ".hydra")
+    other = run([*args[:-2], "seed=0,1", args[-1], "resume=true"], tmp_path)
+    refused(other, "resume", "this command drops seed=0,1,2, adds seed=0,1")
+    result = run([*args, "resume=true"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert files(job0) == finished
+    assert files(job1 / ".hydra") == record
+    runs = read_runs(sweep)
+    assert [(r.path.name[0], r.status, r.metrics["steps"]) for r in runs] == [
+        ("0", "completed", 3),
+        ("1", "completed", 3),
+        ("2", "completed", 3),
+    ]
+    assert "resume" in (job1 / "train.log").read_text()
+    (group,) = group_runs(runs)
+    assert (group.summary()["n"], group.summary()["seeds"]) == (3, "0 1 2")
 
 
 def test_the_resume_command_a_sweep_job_prints_works_as_printed(tmp_path):
