@@ -20,6 +20,7 @@ from bpttlab.analysis.compare import compare, parse
 from bpttlab.analysis.figures import median_band, seed_matrix
 from bpttlab.analysis.report import main, report, summary_table
 from bpttlab.analysis.sweep import group_runs, read_runs, varying
+from bpttlab.runs.rundir import RunLock
 
 BIN = Path(sys.executable).parent
 
@@ -88,9 +89,11 @@ def test_groups_statuses_and_numbers_by_hand(sweep, capsys):
         *["completed"] * 3,
         "failed",
         "interrupted",
+        "invalid",  # listed with why, never counted
     ]
+    assert "unreadable metrics.json" in runs[-1].problem and runs[-1].metrics == {}
     groups = group_runs(runs)
-    assert [len(g.runs) for g in groups] == [4, 5]  # seeds and paths do not split a group
+    assert [len(g.runs) for g in groups] == [4, 6]  # seeds and paths do not split a group
     assert varying(groups) == ["init"]
     default, chrono = (g.summary() for g in groups)
     low, high = stats.wilson(3, 4)
@@ -107,7 +110,8 @@ def test_groups_statuses_and_numbers_by_hand(sweep, capsys):
         0,
     )
     assert chrono["loss_mean"] == pytest.approx(0.94)  # never the interrupted run's 0.10
-    assert chrono["summary"] == "0/3, 0.94 ± 0.05 (left out: 1 failed, 1 interrupted)"
+    assert chrono["invalid"] == 1
+    assert chrono["summary"] == "0/3, 0.94 ± 0.05 (left out: 1 failed, 1 interrupted, 1 invalid)"
 
 
 def test_report_files_carry_the_group_columns(sweep, tmp_path):
@@ -124,7 +128,8 @@ def test_report_files_carry_the_group_columns(sweep, tmp_path):
         statuses = {r["run"]: r["status"] for r in csv.DictReader(f)}
     assert statuses["3_default_s3"] == "diverged" and statuses["8_chrono_s4"] == "interrupted"
     markdown = (out / "report.md").read_text()
-    assert "9 runs in 2 groups" in markdown
+    assert "10 runs in 2 groups" in markdown and "1 invalid" in markdown
+    assert f"- {sweep / '9_chrono_s5'}: unreadable metrics.json" in markdown
     assert "7_chrono_s3: RuntimeError: out of memory" in markdown
     for figure in ("results.png", "curves.png", "profiles.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -345,3 +350,86 @@ def test_runs_are_read_in_natural_order_whatever_their_dir_names(tmp_path):
         (tmp_path / name / "metrics.json").write_text('{"status": "completed"}')
     order = [run.path.name for run in read_runs(tmp_path)]
     assert order == ["0", "1_lstm", "2_lstm", "10_lstm", "r2", "seed 3"]
+
+
+def test_a_resumed_run_stays_in_the_group_of_its_seeds(tmp_path):
+    """resume=true in a run's saved config is how it ran, not what it ran: one group of three."""
+    root = tmp_path / "sweep"
+    for seed in range(3):
+        run = write_run(root, f"run_{seed}", unsolved(0.9), seed)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump(config | {"resume": seed == 1}))
+    (group,) = group_runs(read_runs(root))
+    assert (group.summary()["n"], group.summary()["seeds"]) == (3, "0 1 2")
+
+
+def test_a_seed_run_three_times_is_counted_once_and_the_others_named(tmp_path):
+    """Three runs of seed 0 (the first failed) and one of seed 1: n = 2, seeds "0 1", the first
+    finished run of seed 0 counted, the other two listed with their paths, never counted."""
+    root = tmp_path / "sweep"
+    write_run(root, "0_a", unsolved(None, status="failed", error="RuntimeError: boom"), 0)
+    write_run(root, "1_a", solved(500, 0.01), 0)
+    write_run(root, "2_a", solved(900, 0.02), 0)
+    write_run(root, "3_a", unsolved(0.5), 1)
+    (group,) = group_runs(read_runs(root))
+    row = group.summary()
+    assert (row["n"], row["seeds"], row["solved"]) == (2, "0 1", "1/2")
+    assert (row["failed"], row["duplicates"]) == (0, 2)
+    assert (row["median_step"], row["loss_mean"]) == (500, pytest.approx(0.255))
+    assert (row["solve_rate_low"], row["solve_rate_high"]) == pytest.approx(stats.wilson(1, 2))
+    assert row["summary"] == "1/2 solved, step 500 (left out: 2 duplicates)"
+    markdown = (report(root, tmp_path / "out") / "report.md").read_text()
+    assert "2 duplicates of a seed" in markdown
+    for name in ("0_a", "2_a"):
+        assert f"- {root / name}: seed 0 again, counted in {root / '1_a'}" in markdown
+
+
+def test_hand_edited_nonsense_in_metrics_json_is_invalid_and_named(tmp_path, capsys):
+    """Values a run never writes make its record invalid: listed with its path and the key,
+    left out of every number."""
+    root = tmp_path / "sweep"
+    write_run(root, "0_ok", solved(500, 0.01), 0)
+    write_run(root, "1_yes", solved(500, 0.01) | {"solved": "yes"}, 1)
+    write_run(root, "2_neg", solved(-5, 0.01), 2)
+    write_run(root, "3_weird", solved(500, 0.01) | {"status": "weird"}, 3)
+    write_run(root, "4_bool", solved(500, 0.01) | {"steps": True, "normalized_loss": -1}, 4)
+    runs = read_runs(root)
+    assert [r.status for r in runs] == ["completed", *["invalid"] * 4]
+    assert len(capsys.readouterr().err.strip().splitlines()) == 4
+    (group,) = group_runs(runs)
+    assert (group.summary()["n"], group.summary()["invalid"]) == (1, 4)
+    markdown = (report(root, tmp_path / "out") / "report.md").read_text()
+    assert "5 runs in 1 groups: 1 completed (1 solved)" in markdown and "4 invalid" in markdown
+    assert f'- {root / "1_yes"}: invalid metrics.json: solved = "yes"' in markdown
+    assert f"- {root / '2_neg'}: invalid metrics.json: solved_at_step = -5" in markdown
+    assert f'- {root / "3_weird"}: invalid metrics.json: status = "weird"' in markdown
+    assert "steps = true" in markdown and "normalized_loss = -1" in markdown
+
+
+def test_a_run_that_left_no_outcome_is_failed_unless_it_is_alive(tmp_path):
+    """A run dir with config.yaml, or only Hydra's record, and no metrics.json: failed (killed
+    or crashed), in the group of its seeds; while a live process holds its lock: running."""
+    root = tmp_path / "sweep"
+    write_run(root, "0_done", unsolved(0.9), 0)
+    (write_run(root, "1_killed", "", 1) / "metrics.json").unlink()
+    hydra_only = write_run(root, "2_killed_early", "", 2)
+    (hydra_only / "metrics.json").unlink()
+    (hydra_only / ".hydra").mkdir()
+    config = yaml.safe_load((hydra_only / "config.yaml").read_text())
+    config["run_dir"] = "${hydra:runtime.output_dir}"  # as Hydra records it
+    config["callbacks"]["grad_flow"]["save_dir"] = "${run_dir}/grad_flow"
+    (hydra_only / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (hydra_only / "config.yaml").unlink()
+    alive = write_run(root, "3_alive", "", 3)
+    (alive / "metrics.json").unlink()
+    with RunLock(alive):
+        runs = read_runs(root)
+        markdown = (report(root, tmp_path / "out") / "report.md").read_text()
+    assert [r.status for r in runs] == ["completed", "failed", "failed", "running"]
+    assert runs[1].metrics["error"].startswith("no metrics.json: the run ended without")
+    (group,) = group_runs(runs)
+    assert (group.summary()["failed"], group.summary()["running"]) == (2, 1)
+    assert runs[2].config["callbacks.grad_flow.save_dir"] == f"{hydra_only}/grad_flow"
+    summary = "4 runs in 1 groups: 1 completed (0 solved), 0 diverged, 0 interrupted, 2 failed, "
+    assert summary + "1 running" in markdown
+    assert f"- {root / '1_killed'}: no metrics.json" in markdown

@@ -7,13 +7,15 @@ grad_flow/ profiles), groups the runs whose configs differ only in ``seed`` (``b
 and writes into DIR (default PATH/report):
 
 - report.md and report.csv: a row per group: the settings that tell the groups apart; n (the
-  completed and diverged runs) and their seeds; solved k/n with its Wilson 95 % interval; the
-  median solved_at_step over the solved seeds with [min, max]; the mean final normalised loss
-  with its Student-t 95 % half-width; the diverged, interrupted and failed counts (interrupted
-  and failed runs are never in the numbers); and ``summary``, one cell such as
-  "3/3 solved, median step 650 [500-800]" or "0/3, 0.94 ± 0.02". report.md then lists every
-  run with its status (runs.csv holds the same rows) and, when task or gap vary, the summary
-  cells as a grid: a row per setting, a column per task and gap.
+  completed and diverged runs, one per seed) and their seeds; solved k/n with its Wilson 95 %
+  interval; the median solved_at_step over the solved seeds with [min, max]; the mean final
+  normalised loss with its Student-t 95 % half-width; the diverged, failed (also killed),
+  interrupted, running, invalid and duplicate counts (none of these but the diverged are ever
+  in the numbers); and ``summary``, one cell such as "3/3 solved, median step 650 [500-800]"
+  or "0/3, 0.94 ± 0.02". report.md then lists every run with its status (runs.csv holds the
+  same rows), the failed runs with their error, the invalid runs and the duplicates with their
+  paths and, when task or gap vary, the summary cells as a grid: a row per setting, a column
+  per task and gap.
 - results.png, curves.png, profiles.png (``bpttlab.analysis.figures``).
 - with ``--compare KEY=A,B``: compare_<KEY>.md, the per-seed paired differences B - A and their
   sign and Wilcoxon tests (``bpttlab.analysis.compare``), also printed.
@@ -29,7 +31,7 @@ from typing import Any
 
 from bpttlab.analysis import compare as paired
 from bpttlab.analysis import figures as report_figures
-from bpttlab.analysis.sweep import Group, Run, group_runs, read_runs, value, varying
+from bpttlab.analysis.sweep import STATUSES, Group, Run, group_runs, read_runs, value, varying
 
 RUN_RESULTS = ("status", "solved", "solved_at_step", "normalized_loss", "diverged", "steps")
 GROUP_RESULTS = (
@@ -44,8 +46,11 @@ GROUP_RESULTS = (
     "loss_mean",
     "loss_ci95",
     "diverged",
-    "interrupted",
     "failed",
+    "interrupted",
+    "running",
+    "invalid",
+    "duplicates",
     "summary",
 )
 FIGURES = ("results.png", "curves.png", "profiles.png")
@@ -121,14 +126,16 @@ def write_tables(runs: list[Run], groups: list[Group], out: Path) -> None:
     r_header, r_rows = run_table(runs, groups)
     _csv(out / "report.csv", g_header, g_rows)
     _csv(out / "runs.csv", r_header, r_rows)
-    counts = {s: sum(r.status == s for r in runs) for s in ("completed", "diverged")}
-    apart = {s: sum(r.status == s for r in runs) for s in ("interrupted", "failed")}
+    counts = {s: sum(r.status == s for r in runs) for s in STATUSES}
     solved = sum(bool(r.metrics.get("solved")) for r in runs if r.finished)
+    duplicates = [d for g in groups for d in g.duplicates]
+    extra = [f"{counts[s]} {s}" for s in ("running", "invalid") if counts[s]]
+    extra += [f"{len(duplicates)} duplicates of a seed"] if duplicates else []
     summary = (
         f"{len(runs)} runs in {len(groups)} groups: {counts['completed']} completed "
-        f"({solved} solved), {counts['diverged']} diverged, {apart['interrupted']} interrupted, "
-        f"{apart['failed']} failed (interrupted and failed runs are left out of every number "
-        "and figure)."
+        f"({solved} solved), {counts['diverged']} diverged, {counts['interrupted']} interrupted, "
+        f"{counts['failed']} failed{''.join(', ' + e for e in extra)} (only the completed and "
+        "diverged runs, one per seed, are in the numbers and figures)."
     )
     legend = (
         "n: completed and diverged runs; solved: k/n with the Wilson 95 % interval "
@@ -149,11 +156,28 @@ def write_tables(runs: list[Run], groups: list[Group], out: Path) -> None:
     grid = summary_table(groups)
     if grid is not None:
         lines += ["", "## Summary by task and gap", "", *_markdown(*grid)]
-    errors = [r for r in runs if r.status == "failed" and r.metrics.get("error")]
-    if errors:
-        lines += ["", "## Failed runs", ""]
-        lines += [f"- {r.path.name}: {' '.join(str(r.metrics['error']).split())}" for r in errors]
+    failed = [
+        (r, r.metrics.get("error", "no error recorded")) for r in runs if r.status == "failed"
+    ]
+    lines += _listed("Failed runs", failed)
+    lines += _listed("Invalid runs (not counted)", [(r, r.problem) for r in runs if r.problem])
+    lines += _listed(
+        "Duplicates of a seed (not counted: a rerun of a seed is not another seed)",
+        [(run, f"seed {run.seed} again, counted in {kept.path}") for run, kept in duplicates],
+    )
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def _listed(title: str, entries: list[tuple[Run, str | None]]) -> list[str]:
+    """A report.md section: a line per run, its path and what to say about it."""
+    if not entries:
+        return []
+    return [
+        "",
+        f"## {title}",
+        "",
+        *(f"- {r.path}: {' '.join(str(why).split())}" for r, why in entries),
+    ]
 
 
 def report(root: Path, out: Path | None = None, compare: str | None = None) -> Path:
@@ -171,7 +195,8 @@ def report(root: Path, out: Path | None = None, compare: str | None = None) -> P
     report_figures.profiles_figure(groups).savefig(out / "profiles.png")
     if compare is not None:
         key, a, b = paired.parse(compare)
-        text = paired.markdown(paired.compare(runs, key, a, b), key, a, b)
+        counted = [r for g in groups for r in g.counted]  # one run per seed
+        text = paired.markdown(paired.compare(counted, key, a, b), key, a, b)
         (out / f"compare_{key}.md").write_text(text)
     return out
 

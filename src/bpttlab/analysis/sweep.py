@@ -1,10 +1,11 @@
-"""The runs of a sweep, read back from their directories, and their groups over seeds.
+"""The runs of a sweep grouped over seeds (the runs themselves: ``bpttlab.analysis.records``).
 
-A run is a directory with a metrics.json (and the config.yaml its run saved). Its status is
-metrics.json's ``status`` (completed, diverged, interrupted or failed); a metrics.json written
-before runs recorded one reads "diverged" when ``diverged`` is true, else "completed". Runs
-whose configs differ only in ``seed`` (and in where they write) form a group; a group's
-numbers count its completed and diverged runs, and count failed and interrupted runs apart.
+Runs whose configs differ only in ``seed`` (and in where they write, how fast they ran, or
+whether they were resumed) form a group. A group's numbers count its completed and diverged
+runs, one per seed: a second run of a seed the group has already is a duplicate, not an
+independent seed, and is left out of every number (the group keeps its first finished run of
+that seed, else its first run). Interrupted, failed, running and invalid runs are counted
+apart.
 """
 
 from __future__ import annotations
@@ -12,140 +13,16 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from bpttlab.analysis import stats
-from bpttlab.cli.hparams import KEYS, hyperparameters
+from bpttlab.analysis.records import FINISHED, STATUSES, Run, read_runs
+from bpttlab.cli.hparams import KEYS
 
-STATUSES = ("completed", "diverged", "interrupted", "failed")
-FINISHED = ("completed", "diverged")
-"""Statuses whose results count: divergence is a result, a crash or a kill is not."""
-
-PATH_KEYS = {"run_dir", "dirpath", "save_dir", "default_root_dir", "log_dir", "ckpt_path"}
-"""Config keys that say where a run writes, not what it runs: never part of a group's identity."""
-
-RUNTIME_KEYS = (
-    *("callbacks.progress_bar", "trainer.enable_progress_bar"),
-    *("keep_freed_memory", "compiled_kernels"),
-)
-"""Config keys (and the keys under them) that change what a run shows or how fast, not what it
-computes (beyond float rounding): never part of a group's identity either."""
-
-
-@dataclass
-class Run:
-    """One run: its directory, flattened config, hyperparameters and metrics."""
-
-    path: Path
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    hparams: dict[str, Any] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.hparams = hyperparameters(OmegaConf.create(_nest(self.config)))
-
-    @property
-    def status(self) -> str:
-        status = self.metrics.get("status")
-        if status in STATUSES:
-            return status
-        return "diverged" if self.metrics.get("diverged") else "completed"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    @property
-    def seed(self) -> Any:
-        return self.config.get("seed", self.metrics.get("seed"))
-
-    def identity(self, *without: str) -> tuple[tuple[str, str], ...]:
-        """The config without ``seed``, the path-like and runtime keys and ``without``: equal
-        for the runs of one group."""
-        if not self.config:  # no config.yaml: a group of its own
-            return (("run", str(self.path)),)
-        dropped = {"seed", *without}
-        return tuple(
-            (key, json.dumps(value))
-            for key, value in sorted(self.config.items())
-            if key not in dropped
-            and key.rsplit(".", 1)[-1] not in PATH_KEYS
-            and not key.startswith(RUNTIME_KEYS)
-        )
-
-    def number(self, key: str) -> float:
-        value = self.metrics.get(key)
-        return float(value) if isinstance(value, int | float) and value is not None else math.nan
-
-
-def warn(message: str) -> None:
-    print(f"bpttlab-report: warning: {message}", file=sys.stderr)
-
-
-def read_runs(root: Path) -> list[Run]:
-    """Every run below ``root`` with a readable metrics.json, in natural directory order; an
-    unreadable one is skipped with a one-line warning."""
-    runs = []
-    for metrics_file in sorted(root.rglob("metrics.json"), key=_natural):
-        run_dir = metrics_file.parent
-        try:
-            metrics = json.loads(metrics_file.read_text())
-            if not isinstance(metrics, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as error:
-            reason = " ".join(str(error).split())
-            warn(f"skipped {metrics_file}: unreadable metrics.json ({reason})")
-            continue
-        runs.append(Run(run_dir, read_config(run_dir / "config.yaml"), metrics))
-    return runs
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    """The saved config, flattened to dotted keys ({} when missing or unreadable)."""
-    if not path.exists():
-        return {}
-    try:
-        container = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception as error:  # a broken yaml must not stop the report
-        warn(f"{path}: unreadable config.yaml ({' '.join(str(error).split())})")
-        return {}
-    return flatten(container) if isinstance(container, dict) else {}
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists stay values."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat |= flatten(value, name + ".")
-        else:
-            flat[name] = value
-    return flat
-
-
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
-def _natural(path: Path) -> list[tuple[int, int, str]]:
-    """Sort key that puts run 10 after run 9 (numbers before words, so that any two dir names
-    compare)."""
-    words = path.parent.name.replace("_", " ").split()
-    key = [(0, int(w), "") if w.isdigit() else (1, 0, w) for w in words]
-    return key + [(2, 0, str(path))]
+__all__ = ["FINISHED", "STATUSES", "Group", "Run", "compact", "group_runs", "read_runs", "varying"]
+APART = ("failed", "interrupted", "running", "invalid")
+"""Statuses counted apart from a group's numbers."""
 
 
 @dataclass
@@ -159,17 +36,35 @@ class Group:
         return self.runs[0]
 
     @property
+    def duplicates(self) -> list[tuple[Run, Run]]:
+        """Each run of a seed that the group counts in another run, with that run: its first
+        finished run of the seed, else its first valid one, else its first."""
+        kept: dict[str, Run] = {}
+        for run in sorted(self.runs, key=lambda r: (not r.finished, r.status == "invalid")):
+            if run.seed is not None:
+                kept.setdefault(json.dumps(run.seed), run)
+        pairs = [(r, kept[json.dumps(r.seed)]) for r in self.runs if r.seed is not None]
+        return [(run, other) for run, other in pairs if other is not run]
+
+    @property
+    def counted(self) -> list[Run]:
+        """The runs but the duplicates, in order."""
+        left_out = {id(run) for run, _ in self.duplicates}
+        return [r for r in self.runs if id(r) not in left_out]
+
+    @property
     def finished(self) -> list[Run]:
-        return [r for r in self.runs if r.finished]
+        return [r for r in self.counted if r.finished]
 
     def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.runs)
+        return sum(r.status == status for r in self.counted)
 
     def summary(self) -> dict[str, Any]:
-        """The group's numbers: n finished runs, their seeds, solve rate k/n with its Wilson
-        95 % interval, median solved_at_step over the solved runs with its range, mean final
-        normalised loss with its Student-t 95 % half-width (over the runs that have one),
-        and the diverged, interrupted and failed counts."""
+        """The group's numbers: n finished runs (one per seed), their seeds, solve rate k/n
+        with its Wilson 95 % interval, median solved_at_step over the solved runs with its
+        range, mean final normalised loss with its Student-t 95 % half-width (over the runs
+        that have one), and the diverged, failed, interrupted, running, invalid and duplicate
+        counts."""
         done = self.finished
         n = len(done)
         solved = [r for r in done if r.metrics.get("solved")]
@@ -193,8 +88,8 @@ class Group:
             "loss_ci95": half if len(losses) > 1 else None,
             "loss_n": len(losses),
             "diverged": self.count("diverged"),
-            "interrupted": self.count("interrupted"),
-            "failed": self.count("failed"),
+            **{status: self.count(status) for status in APART},
+            "duplicates": len(self.duplicates),
         }
         row["summary"] = compact(row)
         return row
@@ -215,7 +110,8 @@ def _step(value: float) -> str:
 def compact(row: dict[str, Any]) -> str:
     """One table cell for a group: "3/3 solved, median step 650 [500-800]" when some seeds
     solved the task, else the mean normalised loss with its t 95 % half-width, "0/3, 0.94 ±
-    0.02"; then the diverged count, and the failed and interrupted runs left out."""
+    0.02"; then the diverged count, and the runs left out: failed, interrupted, running,
+    invalid, and duplicates of a seed."""
     n = row["n"]
     if n == 0:
         text = "no finished run"
@@ -236,7 +132,7 @@ def compact(row: dict[str, Any]) -> str:
         text = row["solved"]
     if row["diverged"]:
         text += f", {row['diverged']} diverged"
-    apart = [f"{row[s]} {s}" for s in ("failed", "interrupted") if row[s]]
+    apart = [f"{row[s]} {s}" for s in (*APART, "duplicates") if row[s]]
     if apart:
         text += f" (left out: {', '.join(apart)})"
     return text

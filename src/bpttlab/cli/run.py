@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
@@ -66,11 +67,13 @@ def train(cfg: DictConfig, stop: StopOnSignal | None = None) -> dict[str, Any]:
 
 def check_run_dir(cfg: DictConfig) -> Path | None:
     """The checkpoint to resume from (``resume=true``), or None for a new run in a dir that
-    holds no run yet."""
+    holds no run yet (also with ``resume=true``: the job of a resumed sweep that never began;
+    a single run's command line is refused before, see ``preflight``)."""
     run_dir = Path(cfg.run_dir)
-    if checks.boolean("resume", cfg.get("resume", False)):
+    holds_run = (run_dir / "config.yaml").exists() or (run_dir / "metrics.json").exists()
+    if checks.boolean("resume", cfg.get("resume", False)) and holds_run:
         return check_resume(cfg)
-    if (run_dir / "config.yaml").exists() or (run_dir / "metrics.json").exists():
+    if holds_run:
         raise checks.ConfigError(
             "hydra.run.dir",
             str(run_dir),
@@ -154,13 +157,13 @@ def status(module: SequenceModule, stop: StopOnSignal, error: BaseException | No
 
 
 def resume_hint(run_dir: Path) -> str:
-    """The command that continues the run in ``run_dir``: this command, in that dir, resumed."""
-    args = [
-        a
-        for a in sys.argv[1:]
-        if a not in ("-m", "--multirun")
-        and not a.startswith(("hydra.run.dir=", "hydra.sweep.dir=", "resume="))
-    ]
+    """The command that continues the run in ``run_dir`` alone: its own overrides (in a sweep,
+    this job's values, not the sweep's), in that dir, resumed."""
+    if HydraConfig.initialized():
+        args = list(HydraConfig.get().overrides.task)
+    else:
+        args = [a for a in sys.argv[1:] if not a.startswith(("-", "hydra."))]
+    args = [a for a in args if not a.startswith("resume=")]
     run_dir_line = f"hydra.run.dir={command_line.hydra_quoted(str(run_dir))}"
     return shlex.join(["bpttlab-train", *args, run_dir_line, "resume=true"])
 

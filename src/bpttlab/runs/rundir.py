@@ -1,9 +1,17 @@
-"""Run directories: a unique name per run, and a lock held while a run lives in one.
+"""Run directories: a unique name per run, a lock held while a run (or a sweep) lives in one,
+and what marks a directory as holding a run.
 
 Hydra names a run dir from the config (``conf/hydra/default.yaml``); ``${run_id:}`` adds a short
 random suffix, so two runs started in the same second never share a directory. A run holds an
-exclusive ``flock`` on ``<run_dir>/.lock`` for as long as it lives; the operating system drops
-the lock when the process ends, however it ends, so a killed run leaves no stale lock.
+exclusive ``flock`` on ``<run_dir>/.lock`` for as long as it lives, a sweep on
+``<sweep_dir>/.lock``; the operating system drops the lock when the process ends, however it
+ends, so a killed run leaves no stale lock.
+
+Hydra records a job (``.hydra/``: its config and overrides) in its run dir before the run's own
+code starts; ``${hydra_record:}`` has it do so only in a directory that holds no record yet, so
+that resuming a run, alone or in a sweep, never rewrites the record of the run it continues.
+That record, or the run's config.yaml, marks a run that started: one without a metrics.json
+and without a live process ended without recording how (killed, out of memory, a crash).
 """
 
 from __future__ import annotations
@@ -20,13 +28,42 @@ from omegaconf import OmegaConf
 from bpttlab.checks import ConfigError
 
 LOCK_NAME = ".lock"
+HYDRA_RECORD = ".hydra"
+RUN_RECORDS = ("metrics.json", "config.yaml", f"{HYDRA_RECORD}/config.yaml")
+"""Files that mark a directory as holding a run: its outcome, its config, Hydra's record."""
 
 
 def register_resolvers() -> None:
     """``${run_id:}``: six random hex digits, the same wherever one config resolves it (cached,
-    and Hydra copies the cache into every job of a sweep)."""
+    and Hydra copies the cache into every job of a sweep). ``${hydra_record:DIR}``: where
+    Hydra writes its record of a job in DIR: ``.hydra``, or nowhere (None) when DIR holds one."""
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("hydra_record"):
+        OmegaConf.register_new_resolver("hydra_record", hydra_record)
+
+
+def hydra_record(run_dir: str) -> str | None:
+    return None if (Path(run_dir) / HYDRA_RECORD).exists() else HYDRA_RECORD
+
+
+def holds_run(path: Path) -> bool:
+    """Whether a run started in ``path``: it holds a metrics.json, config.yaml or Hydra record."""
+    return any((Path(path) / name).is_file() for name in RUN_RECORDS)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every directory below ``root`` (``root`` too) that holds a run, outside hidden ones."""
+    found = {
+        record.parent.parent if record.parent.name == HYDRA_RECORD else record.parent
+        for name in ("metrics.json", "config.yaml")
+        for record in Path(root).rglob(name)
+    }
+    return [
+        d
+        for d in found
+        if holds_run(d) and not any(p.startswith(".") for p in d.relative_to(root).parts)
+    ]
 
 
 def live_pid(run_dir: Path) -> int | None:
@@ -71,6 +108,13 @@ class RunLock(contextlib.AbstractContextManager):
         if self._fd is not None:
             os.close(self._fd)  # closing the last descriptor releases the flock
             self._fd = None
+
+
+def hold_while_alive(path: Path, key: str) -> None:
+    """Hold ``path``'s lock until this process ends (the operating system releases it then,
+    however the process ends); a second process asking for it is refused (ConfigError on
+    ``key``)."""
+    RunLock(path, key).__enter__()  # the descriptor stays open, on purpose, until exit
 
 
 def busy(key: str, run_dir: Path, pid: object) -> ConfigError:
