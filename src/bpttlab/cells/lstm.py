@@ -21,6 +21,7 @@ class LSTMCell(TorchRecurrence):
 
     module = nn.LSTM
     step_source = "lstm_step"
+    torch_has_onednn = True
     gates = 4
     inits = ("default", "orthogonal", "chrono")
     state_names = ("h", "c")

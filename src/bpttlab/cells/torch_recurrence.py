@@ -46,7 +46,8 @@ class TorchRecurrence(Cell):
         init: a name from the subclass's ``inits``; "orthogonal" makes every H x H gate block
             of W_hh orthogonal.
         onednn: with kernel "torch", run torch's module with oneDNN's CPU kernel (float32)
-            instead of the native one; probes then run bpttlab's kernel, equal to it to rounding.
+            instead of the native one where torch has one (``torch_has_onednn``: the LSTM);
+            probes then run bpttlab's kernel, equal to it to rounding.
         kernel: "bpttlab" runs bpttlab's own kernel on CPU, "torch" torch's module (on a GPU
             both run cuDNN).
     """
@@ -54,6 +55,7 @@ class TorchRecurrence(Cell):
     module: ClassVar[type[nn.RNNBase]]
     gates: ClassVar[int]
     step_source: ClassVar[str]  # the C file of its kernel's step loops (``kernels.compiled``)
+    torch_has_onednn: ClassVar[bool] = False  # torch runs it with oneDNN (2.x: the LSTM only)
     inits: ClassVar[tuple[str, ...]] = ("default", "orthogonal")
     kernels: ClassVar[tuple[str, ...]] = ("torch", "bpttlab")
 
@@ -88,7 +90,7 @@ class TorchRecurrence(Cell):
         return rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
 
     def path(self, x: Tensor, tracing: Tracing) -> LayerPath:
-        onednn = self.onednn and torch.backends.mkldnn.is_available()
+        onednn = self.onednn and self.torch_has_onednn and torch.backends.mkldnn.is_available()
         return choose_path(
             self.kernel, onednn, x.device.type, x.dtype, tracing, self.steps_compiled
         )
