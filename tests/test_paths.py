@@ -6,18 +6,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import json
 import shutil
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import fit
+from omegaconf import OmegaConf
 from torch.overrides import TorchFunctionMode
 
 from bpttlab import BPTT, AddingTask, Clipping, CopyTask, GradientFlow, RecurrentNet, SequenceModule
 from bpttlab.bptt import run_windows
 from bpttlab.cells import CELLS
 from bpttlab.cells.kernels import compiled
+from bpttlab.cli.train import CONFIG_DIR
 from bpttlab.tasks import BatchSource
 
 TASK = AddingTask(gap=8)
@@ -205,3 +212,41 @@ def test_a_probed_run_ends_with_the_parameters_of_an_unprobed_one(
                 torch.equal(x, y)
                 for x, y in zip(probed.parameters(), plain.parameters(), strict=True)
             )
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_the_command_line_runs_the_classes_defaults(cell):
+    """One set of defaults: every option conf/cell/<cell>.yaml sets (those of RecurrentNet and
+    those of the cell) has the value the Python class takes by default."""
+    yaml = OmegaConf.load(Path(CONFIG_DIR) / "cell" / f"{cell}.yaml")
+    base = OmegaConf.load(Path(CONFIG_DIR) / "cell" / "base.yaml")
+    options = {**OmegaConf.to_container(base), **OmegaConf.to_container(yaml)}
+    signatures = [inspect.signature(RecurrentNet), inspect.signature(CELLS[cell])]
+    defaults = {
+        name: p.default
+        for signature in signatures
+        for name, p in signature.parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    for key, value in options.items():
+        if key not in ("_target_", "defaults", "kind"):
+            assert key in defaults and value == defaults[key], (cell, key, value)
+
+
+@pytest.mark.slow
+def test_metrics_json_records_the_path_each_layer_ran(tmp_path):
+    """`bpttlab-train cell=gru` (probed at step 0) runs what RecurrentNet(kind="gru") runs in
+    Python, bpttlab's GRU kernel, and its metrics.json says so for each layer."""
+    if shutil.which(compiled.c_compiler()) is None:
+        pytest.skip("no C compiler here: no compiled step loops")
+    args = ["cell=gru", "cell.hidden_size=8", "cell.num_layers=2", "task=copy", "task.gap=4"]
+    args += ["module.batch_size=4", "module.val_batches=1", "trainer.max_steps=2"]
+    args += [f"hydra.run.dir={tmp_path / 'run'}"]
+    cli = str(Path(sys.executable).parent / "bpttlab-train")
+    result = subprocess.run([cli, *args], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    paths = json.loads((tmp_path / "run" / "metrics.json").read_text())["paths"]
+    python = RecurrentNet(5, 3, kind="gru", num_layers=2)
+    python(torch.zeros(2, 3, dtype=torch.long))
+    assert python.paths["layer0"] == {"untraced": "kernel"}
+    assert paths == {f"layer{i}": {"untraced": "kernel", "probed": "kernel"} for i in (0, 1)}
