@@ -111,7 +111,10 @@ def combinations():
             for dtype in (torch.float32, torch.float64):
                 for clip in CLIP_MODES:
                     for probed in (False, True):
-                        yield cell, setting, dtype, clip, probed
+                        words = [cell, setting or "own", str(dtype)[6:], clip]
+                        words.append("probed" if probed else "unprobed")
+                        name = "-".join(words).replace(", ", "-").replace(" ", "-")
+                        yield pytest.param(cell, setting, dtype, clip, probed, id=name)
 
 
 @pytest.fixture(params=["cpu", "cuda"])
@@ -121,7 +124,7 @@ def device(request):
     return request.param
 
 
-@pytest.mark.parametrize(("cell", "setting", "dtype", "clip", "probed"), list(combinations()))
+@pytest.mark.parametrize(("cell", "setting", "dtype", "clip", "probed"), combinations())
 def test_each_layer_runs_the_chosen_path_and_records_it(device, cell, setting, dtype, clip, probed):
     options, compiled_wanted = SETTINGS[setting] if setting else ({}, True)
     if device == "cuda" and dtype == torch.float64 and cell == "lru":
