@@ -16,6 +16,7 @@ import torch
 from conftest import RecordingModule, RecordingSGD, fit_one_batch
 
 from bpttlab.bptt import BPTT, Window, run_window
+from bpttlab.cells.paths import Tracing
 from bpttlab.checks import ConfigError
 from bpttlab.model import CARRY_CHUNK, RecurrentNet
 from bpttlab.module import SequenceModule
@@ -156,8 +157,9 @@ def test_run_reproduces_the_uninterrupted_forward(kind, schedule, unrolled):
         full_outputs = module.model(batch.inputs)[0]
         state = None
         for window in module.windows:
+            tracing = Tracing.WRITE if unrolled else Tracing.NONE
             outputs, carried, traces = run_window(
-                module.model, batch.inputs, state, window, unrolled
+                module.model, batch.inputs, state, window, tracing
             )
             assert outputs.shape == (BATCH, window.end - window.start, module.task.output_size)
             torch.testing.assert_close(
@@ -204,7 +206,7 @@ def test_run_cuts_gradient_at_window_start(kind, schedule):
     state = None
     for window in module.windows:
         outputs, carried, traces = run_window(
-            module.model, batch.inputs, state, window, unrolled=True
+            module.model, batch.inputs, state, window, Tracing.WRITE
         )
         offsets = [(offset, len(trace["h"][0])) for offset, trace in traces]
         assert offsets[0][0] == window.start

@@ -52,7 +52,10 @@ def tanh_rnn_forward(w, batch) -> tuple[list[torch.Tensor], torch.Tensor]:
     return hs, output_delta(w, torch.stack(hs, 1), batch) @ w["model.readout.weight"]
 
 
-KERNELS = {"unrolled": {}, "bpttlab kernel": {"kernel": "bpttlab"}}
+KERNELS = {
+    "unrolled": {"kernel": "torch", "onednn": False},
+    "bpttlab kernel": {"kernel": "bpttlab"},
+}
 """How a probed step is traced: the step loop (torch's native kernel on the fast path) or
 bpttlab's kernel, whose backward hands over every dL/dh_k."""
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from bpttlab import checks
+from bpttlab.cells.paths import Tracing
 from bpttlab.model import RecurrentNet, State, Trace, detach_state
 from bpttlab.tasks import Batch
 
@@ -83,9 +84,9 @@ def shared_timesteps(windows: Sequence[Window]) -> frozenset[int]:
 
 TraceHook = Callable[[Trace, int], None]
 """Called with the Trace of every traced run and the timestep of its first state; registers
-tensor hooks on the states (a gradient probe, per-timestep clipping). A hook that only reads
-gradients says so with an attribute ``reads_only = True``: when every hook does, cells serve
-the trace from their kernels where they can (``Cell.traced``) instead of their step loops."""
+tensor hooks on the states: a probe that reads their gradients, or a hook that changes them
+(per-timestep clipping). ``run_windows`` takes the two apart, since a kernel's trace serves
+the first and only a step loop's the second (``cells.paths.choose_path``)."""
 
 
 def run_windows(
@@ -93,7 +94,8 @@ def run_windows(
     batch: Batch,
     windows: list[Window],
     position_losses: Callable[[Tensor, Batch], Tensor],
-    trace_hooks: Sequence[TraceHook] = (),
+    probes: Sequence[TraceHook] = (),
+    hooks: Sequence[TraceHook] = (),
     backward: Callable[[Tensor], None] = Tensor.backward,
 ) -> Iterator[Tensor]:
     """Run ``windows`` over ``batch`` in order, backpropagating each window's loss.
@@ -101,13 +103,13 @@ def run_windows(
     Yields each window's loss after its backward, so the caller can clip and step before the
     next window runs (TBPTT) or let the gradients add up (a gradient at fixed weights). Window
     losses are normalised by the whole batch's target count, so they add up to the task's loss.
-    With ``trace_hooks`` the windows are traced and every hook sees every Trace: from the
-    cells' kernels when every hook only reads (``reads_only``), else from their step loops.
-    A non-finite loss is yielded without a backward. Consecutive windows without targets only
-    carry the state to the next window with targets, without a graph: they run as one.
+    With ``probes`` (trace hooks that only read gradients) or ``hooks`` (trace hooks that may
+    change them) the windows are traced (``Tracing.READ``, or ``Tracing.WRITE`` with any
+    ``hooks``) and every probe and hook sees every Trace. A non-finite loss is yielded without
+    a backward. Consecutive windows without targets only carry the state to the next window
+    with targets, without a graph: they run as one.
     """
-    reads_only = all(getattr(hook, "reads_only", False) for hook in trace_hooks)
-    unrolled, traced = bool(trace_hooks) and not reads_only, bool(trace_hooks) and reads_only
+    tracing = Tracing.WRITE if hooks else Tracing.READ if probes else Tracing.NONE
     total_weight = batch.mask.sum()
     has_targets = batch.mask.any(dim=0).tolist()  # at each timestep; read once, not per window
     state: State | None = None
@@ -120,9 +122,9 @@ def run_windows(
             with torch.no_grad():
                 state = model.carry(batch.inputs[:, carry_from : window.start], detach_state(state))
             carry_from = None
-        outputs, carried, traces = run_window(model, batch.inputs, state, window, unrolled, traced)
+        outputs, carried, traces = run_window(model, batch.inputs, state, window, tracing)
         for offset, trace in traces:
-            for hook in trace_hooks:
+            for hook in [*probes, *hooks]:
                 hook(trace, offset)
         outputs = outputs[:, window.loss_start - window.start :]
         targets = batch.slice(window.loss_start, window.end)
@@ -138,17 +140,17 @@ def run_window(
     inputs: Tensor,
     state: State | None,
     window: Window,
-    unrolled: bool,
-    traced: bool = False,
+    tracing: Tracing = Tracing.NONE,
 ) -> tuple[Tensor, State | None, list[tuple[int, Trace]]]:
     """Run ``window`` from the detached ``state``: (outputs, state at ``carry``, traces with the
-    timestep of their first state); ``unrolled`` and ``traced`` as in RecurrentNet."""
+    timestep of their first state), traced as ``tracing`` asks."""
     state = detach_state(state)
     outputs, traces, carried = [], [], state
     for start, end in ((window.start, window.carry), (window.carry, window.end)):
         if end <= start:
             continue
-        out, state, trace = model(inputs[:, start:end], state, unrolled, traced)
+        write, read = tracing is Tracing.WRITE, tracing is Tracing.READ
+        out, state, trace = model(inputs[:, start:end], state, unrolled=write, traced=read)
         outputs.append(out)
         if trace is not None:
             traces.append((start, trace))

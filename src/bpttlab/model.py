@@ -1,8 +1,9 @@
 """RecurrentNet: input encoder -> a stack of recurrent cells -> linear readout at every step.
 
-The cells come from the registry in ``bpttlab.cells``; every cell runs a fast path and an
-unrolled path over the same weights, and the unrolled path returns a Trace of every state of
-every layer, so that callers can read or clip the gradient flowing into each one.
+The cells come from the registry in ``bpttlab.cells``. Every call runs each layer on the path
+``cells.paths.choose_path`` picks for it (recorded in ``RecurrentNet.paths``); a traced call
+returns a Trace of every state of every layer, so that callers can read or clip the gradient
+flowing into each one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from bpttlab import checks
 from bpttlab.cells import CELLS, LayerState
+from bpttlab.cells.paths import LayerPath, Tracing
 
 State = tuple[LayerState, ...]
 """Recurrent state of the network: one LayerState per layer."""
@@ -40,6 +42,15 @@ class Trace:
 
     def __getitem__(self, name: str) -> list[list[Tensor]]:
         return self.steps[name]
+
+    def add(self, layer: int, path: LayerPath, states: dict[str, Tensor | list[Tensor]]) -> None:
+        """Add the next layer's states: a step loop's every state, or a kernel's sinks."""
+        for name, values in states.items():
+            if path is LayerPath.STEP_LOOP:
+                self.steps[name].append(values)
+            else:
+                self.steps[name].append([])
+                self.sinks[(name, layer)] = values
 
     def states(self) -> Iterator[tuple[str, int, int, Tensor]]:
         """Yield (name, layer, t, tensor) for every state of the step loops."""
@@ -78,6 +89,9 @@ class RecurrentNet(nn.Module):
         embedding_dim: width of the token embedding / input projection.
         t_max: the task's sequence length, for initialisations that use it.
         **cell_options: passed to every cell (its ``init`` and the like).
+
+    ``paths`` records, per layer (``"layer0"``, ...) and per kind of call (a ``Tracing`` value:
+    "untraced", "probed", "hooked"), the ``LayerPath`` the layer last ran.
     """
 
     def __init__(
@@ -114,6 +128,7 @@ class RecurrentNet(nn.Module):
             cell(n_in, hidden_size, t_max=t_max, **cell_options) for n_in in widths[:-1]
         )
         self.readout = nn.Linear(hidden_size, output_size)
+        self.paths: dict[str, dict[str, str]] = {}
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -139,11 +154,13 @@ class RecurrentNet(nn.Module):
         Args:
             inputs: (B, T) integer tokens or (B, T, C) real values.
             state: initial state (see ``State``); zeros when None.
-            unrolled: use every cell's step loop and return a Trace of every state.
-            traced: return a Trace whose gradients are only to be read: served by each cell's
-                kernel where it has one (``Cell.traced``), else by its step loop.
+            unrolled: return a Trace of every state whose gradients hooks may change (every
+                layer runs its step loop: ``Tracing.WRITE``).
+            traced: return a Trace whose gradients are only to be read (a kernel's sinks where
+                the layer's path is a kernel: ``Tracing.READ``).
         """
-        x, finals, trace = self.recur(inputs, state, unrolled, traced)
+        tracing = Tracing.WRITE if unrolled else Tracing.READ if traced else Tracing.NONE
+        x, finals, trace = self.recur(inputs, state, tracing)
         return Run(self.readout(x), finals, trace)
 
     def carry(self, inputs: Tensor, state: State | None = None) -> State | None:
@@ -154,26 +171,20 @@ class RecurrentNet(nn.Module):
         return state
 
     def recur(
-        self, inputs: Tensor, state: State | None, unrolled: bool = False, traced: bool = False
+        self, inputs: Tensor, state: State | None, tracing: Tracing = Tracing.NONE
     ) -> tuple[Tensor, State, Trace | None]:
         """Encoder and cells (``forward`` without the readout): the last layer's outputs, the
         final state and the trace."""
         x = self.encoder(inputs)
         finals = []
-        trace = Trace({name: [] for name in self.state_names}) if unrolled or traced else None
+        traced = tracing is not Tracing.NONE
+        trace = Trace({name: [] for name in self.state_names}) if traced else None
         for layer, cell in enumerate(self.layers):
             start = cell.default_state(x) if state is None else state[layer]
-            kernel = cell.traced(x, start) if traced and not unrolled else None
-            if trace is None:
-                x, final = cell(x, start)
-            elif kernel is not None:
-                x, final, sinks = kernel
-                for name in self.state_names:
-                    trace[name].append([])
-                    trace.sinks[(name, layer)] = sinks[name]
-            else:
-                x, final, steps = cell.unrolled(x, start)
-                for name, values in steps.items():
-                    trace[name].append(values)
+            path = cell.path(x, tracing)
+            self.paths.setdefault(f"layer{layer}", {})[tracing.value] = path.value
+            x, final, states = cell.run(path, x, start, sinks=tracing is Tracing.READ)
+            if trace is not None:
+                trace.add(layer, path, states)
             finals.append(final)
         return x, tuple(finals), trace

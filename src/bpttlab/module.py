@@ -3,8 +3,8 @@ truncated BPTT and gradient clipping, by manual optimisation (Lightning 2.x has 
 
 Batches come from a BatchSource (a pure function of seed and step, so a run is reproducible and
 resumable); the windows of the BPTT schedule are run by ``bptt.run_windows``. A callback can
-hand the module trace hooks for the next step (``trace_next_step``): that step then runs on the
-unrolled path and the hooks see every state, e.g. to record the gradient flowing into it.
+hand the module probes for the next step (``trace_next_step``): that step is then traced and
+the probes read the gradient flowing into every state.
 """
 
 from __future__ import annotations
@@ -102,19 +102,20 @@ class SequenceModule(L.LightningModule):
         return self.optimizer_factory(self.model.optimizer_groups())
 
     # -- training ----------------------------------------------------------------------------
-    def trace_next_step(self, hook: TraceHook) -> None:
-        """Run the next training step on the unrolled path, with ``hook`` on every Trace."""
-        self._next_hooks.append(hook)
+    def trace_next_step(self, probe: TraceHook) -> None:
+        """Trace the next training step, with ``probe`` (reading gradients only) on every
+        Trace."""
+        self._next_hooks.append(probe)
 
-    def window_losses(self, batch: Batch, windows: list[Window], hooks=()) -> Iterator[Tensor]:
+    def window_losses(self, batch: Batch, windows: list[Window], probes=()) -> Iterator[Tensor]:
         """``run_windows`` with this module's loss, backward and per-timestep clipping."""
-        clipping_hooks = self.clipping.trace_hooks(self.batch_size)
         return run_windows(
             self.model,
             batch,
             windows,
             self.task.position_losses,
-            trace_hooks=[*hooks, *clipping_hooks],
+            probes=probes,
+            hooks=self.clipping.trace_hooks(self.batch_size),
             backward=self.manual_backward,
         )
 
@@ -149,9 +150,10 @@ class SequenceModule(L.LightningModule):
         clipping = dataclasses.replace(self.clipping)  # its own count of clipped deltas
         parameters = list(self.model.parameters())
 
-        def flat_gradient(windows: list[Window], hooks: list[TraceHook]) -> Tensor:
-            hooks = hooks + clipping.trace_hooks(self.batch_size)
-            for _ in run_windows(self.model, batch, windows, self.task.position_losses, hooks):
+        def flat_gradient(windows: list[Window], probes: list[TraceHook]) -> Tensor:
+            hooks = clipping.trace_hooks(self.batch_size)
+            losses = self.task.position_losses
+            for _ in run_windows(self.model, batch, windows, losses, probes, hooks):
                 pass
             flat = torch.cat([p.grad.flatten() for p in parameters if p.grad is not None])
             self.model.zero_grad(set_to_none=True)

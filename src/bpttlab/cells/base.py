@@ -6,8 +6,9 @@ two ways over the same weights:
 - ``forward(x, state) -> (y, state)``: the fast path (a fused kernel or a parallel scan);
 - ``unrolled(x, state) -> (y, state, steps)``: a step loop that also returns every state of
   every timestep, so that callers can read or clip the gradient flowing into each one;
-- ``traced(x, state) -> (y, state, sinks)`` (optional): the fast path, with tensors whose
-  gradients are the gradients flowing into every state, for callers that only read them.
+- ``path(x, tracing)`` and ``run(path, x, state, sinks)``: which of its implementations a call
+  runs (decided by ``paths.choose_path``), and running it; a cell with a choice of kernels
+  overrides both, the others run ``forward`` or ``unrolled``.
 
 ``x`` is (B, T, input_size), ``y`` is (B, T, hidden_size). A state is a tuple of tensors named by
 ``state_names`` (("h",) or ("h", "c")); ``steps[name]`` lists that state at every timestep.
@@ -20,6 +21,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from torch import Tensor, nn
+
+from bpttlab.cells.paths import LayerPath, Tracing, choose_path
 
 LayerState = tuple[Tensor, ...]
 """The state of one layer: one (B, state_size) tensor per name in ``Cell.state_names``."""
@@ -79,8 +82,18 @@ class Cell(nn.Module):
     def unrolled(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState, StepStates]:
         raise NotImplementedError
 
-    def traced(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState, Sinks] | None:
-        """The fast path with the gradient into every state readable, or None where the cell
-        has no such path (callers then run ``unrolled``): ``(y, state, sinks)``, where the
-        gradient of ``sinks[name]`` (T, B, state_size) is dL/d(that state at t) for every t."""
-        return None
+    def path(self, x: Tensor, tracing: Tracing) -> LayerPath:
+        """The path this layer runs ``x`` on when a call needs ``tracing`` (``choose_path``)."""
+        return choose_path(None, False, x.device.type, x.dtype, tracing, lambda: False)
+
+    def run(
+        self, path: LayerPath, x: Tensor, state: LayerState, sinks: bool = False
+    ) -> tuple[Tensor, LayerState, StepStates | Sinks]:
+        """Run ``path``: ``(y, state, states)``, where ``states`` holds every state of a step loop
+        (``StepStates``), or with ``sinks`` on a kernel path its ``Sinks``, else nothing."""
+        if path is LayerPath.STEP_LOOP:
+            return self.unrolled(x, state)
+        if path is not LayerPath.FAST:
+            raise ValueError(f"{type(self).__name__} has no path {path.value!r}")
+        y, final = self(x, state)
+        return y, final, {}

@@ -19,6 +19,7 @@ class GRUCell(TorchRecurrence):
     old state, the role of the LSTM's forget gate), every other bias zero."""
 
     module = nn.GRU
+    step_source = "gru_step"
     gates = 3
     inits = ("default", "orthogonal", "chrono")
 
@@ -29,8 +30,10 @@ class GRUCell(TorchRecurrence):
             self.rnn.bias_hh_l0.zero_()
             self.gate_bias(UPDATE).copy_(bias)
 
-    def run_kernel(self, x: Tensor, state: LayerState, sinks: tuple[Tensor, ...] = ()):
-        return kernels.gru(x, *state, *self.weights, *sinks)
+    def kernel_function(
+        self, x: Tensor, state: LayerState, sinks: tuple[Tensor, ...], compiled_steps: bool
+    ) -> tuple[Tensor, ...]:
+        return kernels.gru(x, *state, *self.weights, *sinks, compiled_steps=compiled_steps)
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
         (h,) = state

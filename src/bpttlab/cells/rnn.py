@@ -20,6 +20,7 @@ class RNNCell(TorchRecurrence):
     with ``nonlinearity="relu"``)."""
 
     module = nn.RNN
+    step_source = "rnn_step"
     gates = 1
     inits = ("default", "orthogonal", "identity")
 
@@ -31,7 +32,7 @@ class RNNCell(TorchRecurrence):
         init: str = "default",
         nonlinearity: str = "tanh",
         onednn: bool = False,
-        kernel: str = "torch",
+        kernel: str = "bpttlab",
     ):
         checks.choice("nonlinearity", nonlinearity, NONLINEARITIES)
         super().__init__(
@@ -45,8 +46,12 @@ class RNNCell(TorchRecurrence):
             self.rnn.bias_ih_l0.zero_()
             self.rnn.bias_hh_l0.zero_()
 
-    def run_kernel(self, x: Tensor, state: LayerState, sinks: tuple[Tensor, ...] = ()):
-        return kernels.rnn(x, *state, *self.weights, self.nonlinearity, *sinks)
+    def kernel_function(
+        self, x: Tensor, state: LayerState, sinks: tuple[Tensor, ...], compiled_steps: bool
+    ) -> tuple[Tensor, ...]:
+        return kernels.rnn(
+            x, *state, *self.weights, self.nonlinearity, *sinks, compiled_steps=compiled_steps
+        )
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:
         pre = F.linear(state[0], w_hh, b_hh).add_(x_term)

@@ -1,12 +1,13 @@
-"""Cells backed by PyTorch's fused ``nn.RNN``/``nn.LSTM``/``nn.GRU`` kernels.
+"""Cells backed by PyTorch's fused ``nn.RNN``/``nn.LSTM``/``nn.GRU`` modules and by bpttlab's own
+kernels (``bpttlab.cells.kernels``), over the same parameters.
 
-The fused path calls the torch module; the unrolled path runs a Python step loop over the very
-same parameters. On CPU the fused path runs PyTorch's native kernel rather than oneDNN's and
-each subclass's ``step`` repeats that kernel's operations in the same order
-(aten/src/ATen/native/RNN.cpp), so on CPU both paths give bitwise-equal outputs and gradients:
-probing a training step through the unrolled path never changes the result. With
-``kernel="bpttlab"`` the fused path on CPU is bpttlab's own kernel (``bpttlab.cells.kernels``)
-instead, equal to the unrolled path up to float rounding.
+A call runs the path ``paths.choose_path`` picks from the cell's ``kernel`` and ``onednn``
+settings, the device, the dtype and what the call needs of the states' gradients: bpttlab's
+kernel (with sinks for a probe), torch's module (native kernel, oneDNN or cuDNN), or the step
+loop (``step``), which repeats the native kernel's operations in the same order
+(aten/src/ATen/native/RNN.cpp), so on CPU the two are bitwise equal, and lays its outputs out in
+memory as the fused kernels do (time-major), so that the layers above run the same operations
+on either.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from torch import Tensor, nn
 
 from bpttlab import checks
 from bpttlab.cells.base import Cell, LayerState, Sinks, StepStates
+from bpttlab.cells.kernels import compiled
+from bpttlab.cells.paths import LayerPath, Tracing, choose_path
 
 
 @contextmanager
@@ -35,20 +38,24 @@ def onednn(enabled: bool) -> Iterator[None]:
 
 
 class TorchRecurrence(Cell):
-    """A one-layer torch RNN module as a Cell. Subclasses set ``module``, ``gates`` and
-    ``inits`` and define ``step`` and ``initialise``.
+    """A one-layer torch RNN module as a Cell. Subclasses set ``module``, ``gates``, ``inits``
+    and ``step_source`` and define ``step``, ``kernel_function`` and ``initialise``; each sets
+    the defaults of ``kernel`` and ``onednn`` to its fastest path on CPU.
 
     Args:
         init: a name from the subclass's ``inits``; "orthogonal" makes every H x H gate block
             of W_hh orthogonal.
-        onednn: run the fused path with oneDNN's CPU kernel (faster for LSTM) instead of the
-            native one; the unrolled path is then equal to it up to rounding, not bitwise.
-        kernel: "torch" runs torch's module on the fused path; "bpttlab" runs bpttlab's own
-            kernel on CPU (ignoring ``onednn``; on GPU the fused path stays cuDNN's).
+        onednn: with kernel "torch", run torch's module with oneDNN's CPU kernel (float32)
+            instead of the native one where torch has one (``torch_has_onednn``: the LSTM);
+            probes then run bpttlab's kernel, equal to it to rounding.
+        kernel: "bpttlab" runs bpttlab's own kernel on CPU, "torch" torch's module (on a GPU
+            both run cuDNN).
     """
 
     module: ClassVar[type[nn.RNNBase]]
     gates: ClassVar[int]
+    step_source: ClassVar[str]  # the C file of its kernel's step loops (``kernels.compiled``)
+    torch_has_onednn: ClassVar[bool] = False  # torch runs it with oneDNN (2.x: the LSTM only)
     inits: ClassVar[tuple[str, ...]] = ("default", "orthogonal")
     kernels: ClassVar[tuple[str, ...]] = ("torch", "bpttlab")
 
@@ -59,12 +66,12 @@ class TorchRecurrence(Cell):
         t_max: int | None = None,
         init: str = "default",
         onednn: bool = False,
-        kernel: str = "torch",
+        kernel: str = "bpttlab",
         **module_args,
     ):
         super().__init__(input_size, hidden_size, t_max)
         self.init = checks.choice("init", init, self.inits)
-        self.onednn = onednn
+        self.onednn = checks.boolean("onednn", onednn)
         self.kernel = checks.choice("kernel", kernel, self.kernels)
         self.rnn = self.module(input_size, hidden_size, 1, batch_first=True, **module_args)
         with torch.no_grad():
@@ -82,15 +89,32 @@ class TorchRecurrence(Cell):
         rnn = self.rnn
         return rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0
 
+    def path(self, x: Tensor, tracing: Tracing) -> LayerPath:
+        onednn = self.onednn and self.torch_has_onednn and torch.backends.mkldnn.is_available()
+        return choose_path(
+            self.kernel, onednn, x.device.type, x.dtype, tracing, self.steps_compiled
+        )
+
+    def steps_compiled(self) -> bool:
+        """Whether its kernel's C step loops are built (building them at the first call)."""
+        return compiled.library(self.step_source) is not None
+
     def forward(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
-        if self.kernel == "bpttlab" and x.device.type == "cpu":
-            y, *final = self.run_kernel(x, state)
-            return y, tuple(final)
+        y, final, _ = self.run(self.path(x, Tracing.NONE), x, state)
+        return y, final
+
+    def run(
+        self, path: LayerPath, x: Tensor, state: LayerState, sinks: bool = False
+    ) -> tuple[Tensor, LayerState, StepStates | Sinks]:
+        if path.is_kernel:
+            return self.run_kernel(x, state, path is LayerPath.KERNEL, sinks)
+        if path not in (LayerPath.TORCH, LayerPath.ONEDNN):
+            return super().run(path, x, state, sinks)
         packed = tuple(s.unsqueeze(0) for s in state)
-        with onednn(enabled=self.onednn or x.device.type != "cpu"):
+        with onednn(enabled=path is LayerPath.ONEDNN or x.device.type != "cpu"):
             y, final = self.rnn(x, packed if len(packed) > 1 else packed[0])
         final = final if isinstance(final, tuple) else (final,)
-        return y, tuple(s.squeeze(0) for s in final)
+        return y, tuple(s.squeeze(0) for s in final), {}
 
     def unrolled(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState, StepStates]:
         w_ih, w_hh, b_ih, b_hh = self.weights
@@ -100,24 +124,25 @@ class TorchRecurrence(Cell):
             state = self.step(x_term, state, w_hh, b_hh)
             for name, value in zip(self.state_names, state, strict=True):
                 steps[name].append(value)
-        return torch.stack(steps["h"], dim=1), state, steps
+        # time-major in memory, as the fused kernels' outputs: a readout or a layer above then
+        # runs the same operations on the outputs of either path (else rounding differs)
+        return torch.stack(steps["h"]).transpose(0, 1), state, steps
 
-    def traced(self, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState, Sinks] | None:
-        """bpttlab's kernel with sinks, on CPU when the fast path is bpttlab's kernel (then a
-        traced step runs the very same operations) or oneDNN's (then it differs by rounding,
-        as the unrolled path does); None for torch's native kernel, whose probes stay on the
-        unrolled path, bitwise equal to it."""
-        if x.device.type != "cpu" or not (self.kernel == "bpttlab" or self.onednn):
-            return None
+    def run_kernel(
+        self, x: Tensor, state: LayerState, compiled_steps: bool, sinks: bool
+    ) -> tuple[Tensor, LayerState, Sinks]:
+        """bpttlab's kernel, its step loops compiled or as torch operations; with ``sinks``,
+        tensors whose gradient ``sinks[name]`` (T, B, state_size) is dL/d(that state at t)."""
         zero = x.new_zeros(1, 1, 1, requires_grad=True)
         shape = (x.shape[1], x.shape[0], self.hidden_size)
-        sinks = {name: zero.expand(shape) for name in self.state_names}
-        y, *final = self.run_kernel(x, state, tuple(sinks.values()))
-        return y, tuple(final), sinks
+        traced = {name: zero.expand(shape) for name in self.state_names} if sinks else {}
+        y, *final = self.kernel_function(x, state, tuple(traced.values()), compiled_steps)
+        return y, tuple(final), traced
 
-    def run_kernel(self, x: Tensor, state: LayerState, sinks: tuple[Tensor, ...] = ()):
-        """bpttlab's CPU kernel for this cell: (outputs, *final state); ``sinks`` as in
-        ``traced``, one per state name."""
+    def kernel_function(
+        self, x: Tensor, state: LayerState, sinks: tuple[Tensor, ...], compiled_steps: bool
+    ) -> tuple[Tensor, ...]:
+        """The cell's kernel in ``bpttlab.cells.kernels``: (outputs, *final state)."""
         raise NotImplementedError
 
     def step(self, x_term: Tensor, state: LayerState, w_hh: Tensor, b_hh: Tensor) -> LayerState:

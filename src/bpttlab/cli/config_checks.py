@@ -10,6 +10,7 @@ import os
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bpttlab.cells import CELLS
 from bpttlab.checks import ConfigError, boolean, choice, integer, positive
 
 METRICS = (
@@ -130,7 +131,7 @@ def _leaves(prefix: str, node: object):
 def check_memory(cell: DictConfig, seq_len: int, input_size: int, batch_size: int) -> None:
     """Refuse a network whose weights, gradients, optimiser state and one batch's activations
     (float32, a lower bound) exceed this machine's memory."""
-    gates = {"rnn": 1, "gru": 3, "lstm": 4}.get(cell.get("kind"), 4)
+    gates = getattr(CELLS.get(cell.get("kind")), "gates", 4)  # 4 for the cells without gates
     hidden = cell.get("hidden_size")
     layers = cell.get("num_layers")
     embedding = cell.get("embedding_dim")

@@ -182,7 +182,8 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) ->
 
 
 def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -> dict[str, Any]:
-    """The numbers metrics.json records; non-finite values become null."""
+    """The numbers metrics.json records; non-finite values become null. ``paths``: per layer,
+    the path it ran (``cells.paths.LayerPath``) in each kind of call this process made."""
     val = module.val_metrics
     loss = val.get("loss")
     finite = loss is not None and math.isfinite(loss)
@@ -201,4 +202,5 @@ def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -
         "subnormals_flushed": subnormals_flushed(),
         "freed_memory_kept": freed_memory_kept(),
         "compiled_kernels": compiled_in_effect(),
+        "paths": module.model.paths,
     }

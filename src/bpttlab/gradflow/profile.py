@@ -30,7 +30,7 @@ from bpttlab.model import Trace
 
 class Probe:
     """Gradients of one probed training step, recorded by tensor hooks during its backward; a
-    trace hook (``bptt.run_windows``): call it with each Trace and its first timestep.
+    probe (``bptt.run_windows``): call it with each Trace and its first timestep.
 
     Each state's gradient is reduced to its profile value (``step_norm``) as soon as it is
     complete, so a probe's memory does not grow with the sequence. A timestep that several
@@ -54,8 +54,6 @@ class Probe:
         self.norms: dict[tuple[str, int], Tensor] = {}
         self._pending: dict[tuple[str, int], dict[int, Tensor]] = {}
         self._recorded_since_trace = False
-
-    reads_only = True  # a kernel's trace will do (``bptt.TraceHook``)
 
     def __call__(self, trace: Trace, offset: int) -> None:
         if self._recorded_since_trace:  # a new window: no later one runs the steps before it

@@ -106,18 +106,23 @@ class CompiledBuffers(ctypes.Structure):
     ]  # fmt: skip
 
 
-def step_functions(buffers: Buffers, sink: Tensor | None = None):
-    """The compiled step loops (gru_step.c) where they apply and are built, else torch's."""
+def step_functions(buffers: Buffers, compiled_steps: bool | None, sink: Tensor | None = None):
+    """The step loops compiled (gru_step.c) or as torch operations, as ``compiled_steps`` says
+    (None: compiled where they apply and are built)."""
     b = buffers
     T, B, H = b.new.shape
     tensors = (b.projected, b.gates, b.new, b.hs, b.grad_gates, b.grad_h, b.grad_y, sink, b.weights)
-    steps = compiled.steps("gru_step", CompiledBuffers, tensors, B, H, T)
+    steps = None
+    if compiled_steps is not False:
+        steps = compiled.steps("gru_step", CompiledBuffers, tensors, B, H, T)
+        if compiled_steps and steps is None:
+            raise RuntimeError("gru_step.c was chosen but does not run here")
     return steps or TorchSteps(buffers, sink)
 
 
 class GRURecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, sink=None):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, sink, compiled_steps):
         B, T, _ = x.shape
         H = h0.shape[1]
         inputs = x.transpose(0, 1).contiguous()
@@ -128,7 +133,8 @@ class GRURecurrence(torch.autograd.Function):
         hs = x.new_empty(T + 1, B, H)
         hs[0] = h0
         buffers = Buffers(projected, gates, x.new_empty(T, B, H), hs, w_hh.contiguous())
-        step_functions(buffers).forward()
+        step_functions(buffers, compiled_steps).forward()
+        ctx.compiled_steps = compiled_steps
         ctx.save_for_backward(inputs, hs, gates, buffers.new, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
 
@@ -141,7 +147,7 @@ class GRURecurrence(torch.autograd.Function):
         grad_gates = gates.new_empty(T, B, 4 * H)
         sink = hs.new_empty(T, B, H) if ctx.needs_input_grad[6] else None
         buffers = Buffers(None, gates, new, hs, w_hh.contiguous(), grad_gates, grad_h, grad_y)
-        step_functions(buffers, sink).backward()  # grad_h: dL/dh_0
+        step_functions(buffers, ctx.compiled_steps, sink).backward()  # grad_h: dL/dh_0
         flat = grad_gates.view(T * B, 4 * H)
         input_side, hidden_side = flat[:, : 3 * H], flat[:, H:]  # gates n, r, z and r, z, n
         to_reset_update_new = torch.cat([torch.arange(H, 3 * H), torch.arange(H)])
@@ -153,7 +159,7 @@ class GRURecurrence(torch.autograd.Function):
         grad_w_hh = hidden_side.t().mm(hs[:-1].reshape(T * B, H))
         sums = flat.sum(0)
         grad_b_ih, grad_b_hh = sums[to_reset_update_new], sums[H:]
-        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, sink
+        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, sink, None
 
 
 def gru(
@@ -164,8 +170,11 @@ def gru(
     b_ih: Tensor,
     b_hh: Tensor,
     sink: Tensor | None = None,
+    compiled_steps: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run the GRU over x (B, T, input) from h0 (B, H): (outputs (B, T, H), final h). The
     gradient of ``sink`` (T, B, H), an input that the forward does not read, is the backward's
-    dL/dh_t at every step (a tensor hook on it reads them)."""
-    return GRURecurrence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, sink)
+    dL/dh_t at every step (a tensor hook on it reads them). ``compiled_steps``: run the step
+    loops compiled (True), as torch operations (False), or compiled where they apply and are
+    built (None)."""
+    return GRURecurrence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, sink, compiled_steps)

@@ -127,19 +127,29 @@ class CompiledBuffers(ctypes.Structure):
     ]  # fmt: skip
 
 
-def step_functions(buffers: Buffers, sink_h: Tensor | None = None, sink_c: Tensor | None = None):
-    """The compiled step loops (lstm_step.c) where they apply and are built, else torch's."""
+def step_functions(
+    buffers: Buffers,
+    compiled_steps: bool | None,
+    sink_h: Tensor | None = None,
+    sink_c: Tensor | None = None,
+):
+    """The step loops compiled (lstm_step.c) or as torch operations, as ``compiled_steps`` says
+    (None: compiled where they apply and are built)."""
     b = buffers
     tensors = (b.gates, b.cs, b.hs, b.squashed_cells, b.grad_gates, b.grad_h, b.grad_c, b.grad_y)
     tensors += (sink_h, sink_c, b.weights)
     T, B, H = b.squashed_cells.shape
-    steps = compiled.steps("lstm_step", CompiledBuffers, tensors, B, H, T)
+    steps = None
+    if compiled_steps is not False:
+        steps = compiled.steps("lstm_step", CompiledBuffers, tensors, B, H, T)
+        if compiled_steps and steps is None:
+            raise RuntimeError("lstm_step.c was chosen but does not run here")
     return steps or TorchSteps(buffers, sink_h, sink_c)
 
 
 class LSTMRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink_h=None, sink_c=None):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink_h, sink_c, compiled_steps):
         B, T, _ = x.shape
         H = h0.shape[1]
         w_ih, w_hh = reorder(w_ih, TO_INSIDE), reorder(w_hh, TO_INSIDE)
@@ -154,7 +164,9 @@ class LSTMRecurrence(torch.autograd.Function):
         hs, cs = x.new_empty(T + 1, B, H), x.new_empty(T + 1, B, H)
         hs[0], cs[0] = h0, c0
         squashed_cells = x.new_empty(T, B, H)  # tanh(c)
-        step_functions(Buffers(gates, hs, cs, squashed_cells, w_hh * doubled_cell)).forward()
+        buffers = Buffers(gates, hs, cs, squashed_cells, w_hh * doubled_cell)
+        step_functions(buffers, compiled_steps).forward()
+        ctx.compiled_steps = compiled_steps
         ctx.save_for_backward(inputs, hs, cs, gates, squashed_cells, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone(), cs[T].clone()
 
@@ -169,14 +181,16 @@ class LSTMRecurrence(torch.autograd.Function):
         sink_h = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
         sink_c = hs.new_empty(T, B, H) if ctx.needs_input_grad[8] else None
         buffers = Buffers(gates, hs, cs, squashed_cells, w_hh, grad_gates, grad_h, grad_c, grad_y)
-        step_functions(buffers, sink_h, sink_c).backward()  # grad_h, grad_c: dL/dh_0, dL/dc_0
+        steps = step_functions(buffers, ctx.compiled_steps, sink_h, sink_c)
+        steps.backward()  # grad_h, grad_c: dL/dh_0, dL/dc_0
         flat = grad_gates.view(T * B, 4 * H)
         grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_w_ih = reorder(flat.t().mm(inputs.view(T * B, -1)), TO_TORCH)
         grad_w_hh = reorder(flat.t().mm(hs[:-1].reshape(T * B, H)), TO_TORCH)
         grad_bias = reorder(flat.sum(0), TO_TORCH)
         grad_b_hh = grad_bias.clone()
-        return grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_bias, grad_b_hh, sink_h, sink_c
+        grads = grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_bias, grad_b_hh
+        return *grads, sink_h, sink_c, None
 
 
 def lstm(
@@ -189,8 +203,12 @@ def lstm(
     b_hh: Tensor,
     sink_h: Tensor | None = None,
     sink_c: Tensor | None = None,
+    compiled_steps: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Run the LSTM over x (B, T, input) from (h0, c0) (B, H) each: (outputs, final h, final c).
     The gradients of ``sink_h`` and ``sink_c`` (T, B, H), inputs that the forward does not
-    read, are the backward's dL/dh_t and dL/dc_t at every step (tensor hooks read them)."""
-    return LSTMRecurrence.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink_h, sink_c)
+    read, are the backward's dL/dh_t and dL/dc_t at every step (tensor hooks read them).
+    ``compiled_steps``: run the step loops compiled (True), as torch operations (False), or
+    compiled where they apply and are built (None)."""
+    args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink_h, sink_c, compiled_steps)
+    return LSTMRecurrence.apply(*args)

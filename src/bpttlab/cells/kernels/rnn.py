@@ -88,18 +88,23 @@ class CompiledBuffers(ctypes.Structure):
     ]
 
 
-def step_functions(buffers: Buffers, sink: Tensor | None = None):
-    """The compiled step loops (rnn_step.c) where they apply and are built, else torch's."""
+def step_functions(buffers: Buffers, compiled_steps: bool | None, sink: Tensor | None = None):
+    """The step loops compiled (rnn_step.c) or as torch operations, as ``compiled_steps`` says
+    (None: compiled where they apply and are built)."""
     b = buffers
     T, B, H = b.hs.shape[0] - 1, b.hs.shape[1], b.hs.shape[2]
     tensors = (b.hs, b.grad_pre, b.grad_h, b.grad_y, sink, b.weights)
-    steps = compiled.steps("rnn_step", CompiledBuffers, tensors, B, H, T, b.relu)
+    steps = None
+    if compiled_steps is not False:
+        steps = compiled.steps("rnn_step", CompiledBuffers, tensors, B, H, T, b.relu)
+        if compiled_steps and steps is None:
+            raise RuntimeError("rnn_step.c was chosen but does not run here")
     return steps or TorchSteps(buffers, sink)
 
 
 class ElmanRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, sink=None):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, sink, compiled_steps):
         B, T, _ = x.shape
         H = h0.shape[1]
         inputs = x.transpose(0, 1).contiguous()
@@ -107,8 +112,8 @@ class ElmanRecurrence(torch.autograd.Function):
         hs[0] = h0
         torch.addmm(b_ih + b_hh, inputs.view(T * B, -1), w_ih.t(), out=hs[1:].view(T * B, H))
         relu = nonlinearity == "relu"
-        step_functions(Buffers(hs, relu, w_hh.contiguous())).forward()
-        ctx.relu = relu
+        step_functions(Buffers(hs, relu, w_hh.contiguous()), compiled_steps).forward()
+        ctx.relu, ctx.compiled_steps = relu, compiled_steps
         ctx.save_for_backward(inputs, hs, w_ih, w_hh)
         return hs[1:].transpose(0, 1), hs[T].clone()
 
@@ -121,13 +126,13 @@ class ElmanRecurrence(torch.autograd.Function):
         grad_pre = hs.new_empty(T, B, H)
         sink = hs.new_empty(T, B, H) if ctx.needs_input_grad[7] else None
         buffers = Buffers(hs, ctx.relu, w_hh.contiguous(), grad_pre, grad_h, grad_y)
-        step_functions(buffers, sink).backward()  # grad_h: dL/dh_0
+        step_functions(buffers, ctx.compiled_steps, sink).backward()  # grad_h: dL/dh_0
         flat = grad_pre.view(T * B, H)
         grad_x = flat.mm(w_ih).view(T, B, -1).transpose(0, 1) if ctx.needs_input_grad[0] else None
         grad_w_ih = flat.t().mm(inputs.view(T * B, -1))
         grad_w_hh = flat.t().mm(hs[:-1].reshape(T * B, H))
         grad_bias = flat.sum(0)
-        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone(), None, sink
+        return grad_x, grad_h, grad_w_ih, grad_w_hh, grad_bias, grad_bias.clone(), None, sink, None
 
 
 def rnn(
@@ -139,8 +144,12 @@ def rnn(
     b_hh: Tensor,
     nonlinearity: str = "tanh",
     sink: Tensor | None = None,
+    compiled_steps: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Run the Elman RNN over x (B, T, input) from h0 (B, H): (outputs (B, T, H), final h).
     The gradient of ``sink`` (T, B, H), an input that the forward does not read, is the
-    backward's dL/dh_t at every step (a tensor hook on it reads them)."""
-    return ElmanRecurrence.apply(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, sink)
+    backward's dL/dh_t at every step (a tensor hook on it reads them). ``compiled_steps``: run
+    the step loops compiled (True), as torch operations (False), or compiled where they apply
+    and are built (None)."""
+    args = (x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, sink, compiled_steps)
+    return ElmanRecurrence.apply(*args)
