@@ -158,8 +158,8 @@ def fit_log_dir(trainer: L.Trainer) -> Path:
 
 def tensorboard_writer(trainer: L.Trainer):
     """The SummaryWriter of ``trainer``'s TensorBoardLogger, or None without one."""
-    loggers = trainer.loggers if trainer is not None else []
-    return next((lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+    boards = (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger))
+    return next((board.experiment for board in boards), None)
 
 
 def boundaries(module: SequenceModule) -> list[int]:
