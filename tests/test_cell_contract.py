@@ -177,7 +177,7 @@ def test_gradient_probe_sees_every_state(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", KINDS + ["lstm:onednn"])
 def test_a_kernel_trace_reads_the_gradient_into_every_state(kind):
-    """Where a cell serves a read-only trace from its kernel (``Cell.traced``), the gradient of
+    """Where a cell serves a read-only trace from its kernel (``cells.paths.choose_path``), the gradient of
     each sink at step t equals the gradient flowing into that state on the unrolled path, in
     float64, for every layer, with a loss on every output and final state; the outputs and the
     parameters' gradients are those of the fast path."""

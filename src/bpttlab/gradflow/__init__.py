@@ -1,5 +1,6 @@
-"""Gradient flow through time: profile maths and files (``profile``), figures (``figures``) and
-the Lightning callback (``callback``). Importing this package loads only ``profile``."""
+"""Gradient flow through time: profile maths and files (``profile``), figures (``figures``), the
+full-BPTT reference of a truncated step (``reference``) and the Lightning callback
+(``callback``). Importing this package loads only ``profile``."""
 
 from bpttlab.gradflow.profile import Probe, load_profile, profile_summary, state_norms
 

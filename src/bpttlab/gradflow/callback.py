@@ -1,8 +1,9 @@
-"""GradientFlow: a Lightning callback that logs ||dL/dh_k|| for every timestep k and layer to
-TensorBoard and saves each probe as an npz (the profile's definition: ``gradflow.profile``)."""
+"""GradientFlow: a Lightning callback that logs ||dL/dh_k|| for every timestep k and layer to the
+Trainer's loggers and saves each probe as an npz (the profile's definition: ``gradflow.profile``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -12,9 +13,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from bpttlab import checks
 from bpttlab.bptt import shared_timesteps
-from bpttlab.gradflow.figures import heatmap_figure, profile_figure
+from bpttlab.gradflow.figures import ProbeFigures
 from bpttlab.gradflow.profile import Probe, profile_summary, save_profile
-from bpttlab.module import SequenceModule, tensorboard_writer
+from bpttlab.gradflow.reference import full_gradient_reference
+from bpttlab.module import SequenceModule
+from bpttlab.module.scalars import log_scalars
 
 
 class GradientFlow(L.Callback):
@@ -24,12 +27,11 @@ class GradientFlow(L.Callback):
     runs its training step on the unrolled path with a Probe on every state. With an exact
     fast path (the native CPU kernel) probing changes no number; otherwise only by rounding.
 
-    Every probe writes a few scalars per state to TensorBoard under ``grad_flow/`` (see
-    ``profile_summary``) and ``<save_dir>/step_NNNNNN.npz``. Figures cost far more than a probe,
-    so they are drawn on the first probe, then on the first probe at least
-    ``figures_every_n_steps`` after the last drawing, and on the last probe of the run: a heatmap
-    image per state (the history of every probe's log10 norms, so no row is lost) and a profile
-    figure (that step, log scale, task landmarks and truncation boundaries).
+    Every probe writes a few scalars per state under ``grad_flow/`` (see ``profile_summary``)
+    to every logger of the Trainer, and ``<save_dir>/step_NNNNNN.npz``. With a TensorBoardLogger
+    it also draws figures (``figures.ProbeFigures``): heatmaps of every probe so far and the
+    profile of the probed step, on the first probe, then at most every
+    ``figures_every_n_steps``, and on the last probe of the run.
 
     Args:
         every_n_steps: optimiser steps between probes (>= 1).
@@ -38,7 +40,8 @@ class GradientFlow(L.Callback):
             similarity of the truncated and full parameter gradients (an extra forward/backward).
         past_threshold: relative threshold of ``steps_in_past``.
         figures_every_n_steps: optimiser steps between TensorBoard figures (>= 1).
-        save_dir: where the .npz profiles go; default ``<trainer.default_root_dir>/grad_flow``.
+        save_dir: where the .npz profiles go; by default ``grad_flow/`` in the fit's own log
+            directory (``fit_log_dir``), so that two fits never share it.
     """
 
     def __init__(
@@ -52,45 +55,43 @@ class GradientFlow(L.Callback):
         self.every_n_steps = checks.integer("every_n_steps", every_n_steps, 1)
         self.past_threshold = checks.positive("past_threshold", past_threshold)
         self.full_reference = checks.boolean("full_reference", full_reference)
-        self.figures_every_n_steps = checks.integer(
-            "figures_every_n_steps", figures_every_n_steps, 1
-        )
+        every_figure = checks.integer("figures_every_n_steps", figures_every_n_steps, 1)
+        self.figures = ProbeFigures(every_figure)
         self.save_dir = Path(save_dir) if save_dir else None
-        self.history: dict[str, list[np.ndarray]] = {}
-        self.history_steps: list[int] = []
+        self.profile_dir: Path | None = None  # where this fit's profiles go
         self._last_probe: int | None = None
         self._probe: Probe | None = None
         self._reference: tuple[Probe, float] | None = None
-        self._last_figures: int | None = None
-        self._undrawn: tuple[int, dict, dict] | None = None  # the last probe, if not drawn
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
         if not isinstance(pl_module, SequenceModule):
-            raise TypeError("GradientFlow needs a bpttlab SequenceModule")
-        if not any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+            raise TypeError(f"GradientFlow needs a bpttlab SequenceModule, not {type(pl_module)}")
+        if not trainer.loggers:
             raise ValueError(
-                "GradientFlow needs a TensorBoardLogger: set logger=tensorboard or drop it with ~callbacks.grad_flow"
+                "GradientFlow logs to the Trainer's loggers and this Trainer has none: give it "
+                "one, e.g. Trainer(logger=CSVLogger(save_dir)), or leave GradientFlow out of "
+                "Trainer(callbacks=...)"
             )
-        if self.save_dir is None:
-            self.save_dir = Path(trainer.default_root_dir) / "grad_flow"
+        self.profile_dir = self.save_dir or fit_log_dir(trainer) / "grad_flow"
 
     def state_dict(self) -> dict[str, object]:
         """The probe history, so that a resumed run's heatmaps continue where they stopped."""
-        history = {name: torch.from_numpy(np.stack(rows)) for name, rows in self.history.items()}
+        rows = self.figures.history.items()
         return {
-            "history": history,
-            "history_steps": self.history_steps,
+            "history": {name: torch.from_numpy(np.stack(r)) for name, r in rows},
+            "history_steps": self.figures.steps,
             "last_probe": self._last_probe,
-            "last_figures": self._last_figures,
+            "last_figures": self.figures.last_drawn,
         }
 
     def load_state_dict(self, state_dict: dict[str, object]) -> None:
-        self.history = {name: list(rows.numpy()) for name, rows in state_dict["history"].items()}
-        self.history_steps = list(state_dict["history_steps"])
+        history = state_dict["history"].items()
+        self.figures.history = {name: list(rows.numpy()) for name, rows in history}
+        self.figures.steps = list(state_dict["history_steps"])
+        self.figures.last_drawn = state_dict.get("last_figures")
         self._last_probe = state_dict["last_probe"]
-        self._last_figures = state_dict.get("last_figures")
 
     def _due(self, step: int) -> bool:
         if self._last_probe is None:
@@ -107,7 +108,8 @@ class GradientFlow(L.Callback):
         pl_module.trace_next_step(self._probe)
         if self.full_reference and pl_module.bptt.truncation is not None:
             reference = Probe(step, pl_module.batch_size, pl_module.task.seq_len)
-            self._reference = reference, pl_module.full_gradient_reference(step, reference)
+            cosine = full_gradient_reference(pl_module, step, reference)
+            self._reference = reference, cosine
 
     def on_train_batch_end(
         self, trainer, pl_module: SequenceModule, outputs, batch, batch_idx
@@ -118,56 +120,46 @@ class GradientFlow(L.Callback):
             return
         profiles = probe.profiles()
         full = reference[0].profiles() if reference else {}
-        cosine = reference[1] if reference else None
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        save_profile(
-            self.save_dir / f"step_{probe.step:06d}.npz",
-            probe.step,
-            pl_module.task.seq_len,
-            pl_module.bptt.truncation,
-            boundaries(pl_module),
-            pl_module.task.landmarks(),
-            profiles,
-            full,
-        )
-        self._log(trainer, pl_module, probe.step, profiles, full, cosine)
+        task, step = pl_module.task, probe.step
+        self.profile_dir.mkdir(parents=True, exist_ok=True)
+        path = self.profile_dir / f"step_{step:06d}.npz"
+        truncation, cuts = pl_module.bptt.truncation, boundaries(pl_module)
+        save_profile(path, step, task.seq_len, truncation, cuts, task.landmarks(), profiles, full)
+        log_scalars(trainer.loggers, self._scalars(profiles, full, reference), step)
+        writer = tensorboard_writer(trainer)
+        self.figures.add(writer, step, profiles, full, task.landmarks(), cuts)
 
     def on_train_end(self, trainer, pl_module: SequenceModule) -> None:
-        if self._undrawn is not None:
-            self._draw(trainer, pl_module, *self._undrawn)
+        self.figures.draw_undrawn()
 
-    def _log(self, trainer, module: SequenceModule, step: int, profiles, full, cosine) -> None:
-        writer = tensorboard_writer(trainer)
-        self.history_steps.append(step)
+    def _scalars(self, profiles, full, reference) -> dict[str, float]:
+        """The ``profile_summary`` of every state, the full reference's decay, the cosine."""
+        scalars = {}
         for name, profile in profiles.items():
-            self.history.setdefault(name, []).append(profile)
-            for key, value in profile_summary(profile, self.past_threshold).items():
-                writer.add_scalar(f"grad_flow/{name}/{key}", value, step)
+            summary = profile_summary(profile, self.past_threshold)
+            scalars |= {f"grad_flow/{name}/{key}": value for key, value in summary.items()}
             if name in full:
-                writer.add_scalar(
-                    f"grad_flow/{name}/full_decay_per_step",
-                    profile_summary(full[name], self.past_threshold)["decay_per_step"],
-                    step,
-                )
-        if cosine is not None:
-            writer.add_scalar("grad_flow/truncation_cosine", cosine, step)
-        self._undrawn = step, profiles, full
-        last = self._last_figures
-        if last is None or step - last >= self.figures_every_n_steps:
-            self._draw(trainer, module, step, profiles, full)
+                decay = profile_summary(full[name], self.past_threshold)["decay_per_step"]
+                scalars[f"grad_flow/{name}/full_decay_per_step"] = decay
+        if reference is not None:
+            scalars["grad_flow/truncation_cosine"] = reference[1]
+        return scalars
 
-    def _draw(self, trainer, module: SequenceModule, step: int, profiles, full) -> None:
-        """The heatmaps (every probe so far) and the profile figure of ``step``."""
-        writer = tensorboard_writer(trainer)
-        for name in profiles:
-            fig = heatmap_figure(
-                np.stack(self.history[name]), self.history_steps, f"log10 ||dL/d{name}||"
-            )
-            writer.add_figure(f"grad_flow/heatmap/{name}", fig, step)
-        lines = dict(profiles) | {f"full {k}": v for k, v in full.items()}
-        fig = profile_figure(lines, step, module.task.landmarks(), boundaries(module))
-        writer.add_figure("grad_flow/profile", fig, step)
-        self._last_figures, self._undrawn = step, None
+
+def fit_log_dir(trainer: L.Trainer) -> Path:
+    """The fit's own log directory, where ModelCheckpoint puts its ``checkpoints/``:
+    ``<save_dir>/<name>/<version>`` of the first logger (``trainer.log_dir`` for a
+    TensorBoardLogger or CSVLogger: ``lightning_logs/version_N`` by default)."""
+    logger = trainer.loggers[0]
+    version = logger.version if isinstance(logger.version, str) else f"version_{logger.version}"
+    path = os.path.join(logger.save_dir or trainer.default_root_dir, str(logger.name), version)
+    return Path(trainer.strategy.broadcast(path))
+
+
+def tensorboard_writer(trainer: L.Trainer):
+    """The SummaryWriter of ``trainer``'s TensorBoardLogger, or None without one."""
+    boards = (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger))
+    return next((board.experiment for board in boards), None)
 
 
 def boundaries(module: SequenceModule) -> list[int]:

@@ -1,5 +1,6 @@
 """Figures of gradient-flow profiles, as matplotlib Figure objects (no pyplot, no global
-backend): shared by the GradientFlow callback and bpttlab-report."""
+backend): shared by the GradientFlow callback and bpttlab-report; ``ProbeFigures`` draws a
+run's probes into TensorBoard."""
 
 from __future__ import annotations
 
@@ -83,3 +84,47 @@ def profile_figure(
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.subplots_adjust(left=0.13, right=0.78, bottom=0.16, top=0.9)
     return fig
+
+
+class ProbeFigures:
+    """GradientFlow's TensorBoard figures: a heatmap per state (the history of every probe's
+    log10 norms, so no row is lost) and the profile figure of the latest probe (log scale, task
+    landmarks, truncation boundaries).
+
+    Figures cost far more than a probe, so they are drawn on the first probe, then on the first
+    probe at least ``every_n_steps`` after the last drawing, and on the last probe of the run
+    (``draw_undrawn``). Without a TensorBoard writer the history is kept and nothing is drawn.
+    """
+
+    def __init__(self, every_n_steps: int):
+        self.every_n_steps = every_n_steps
+        self.history: dict[str, list[np.ndarray]] = {}
+        self.steps: list[int] = []
+        self.last_drawn: int | None = None
+        self._undrawn: tuple | None = None  # the arguments of ``_draw`` for the last probe
+
+    def add(self, writer, step: int, profiles, full, landmarks, boundaries) -> None:
+        """Add the probe of ``step`` (``profiles`` and its ``full`` reference, by state name) to
+        the history; draw its figures into ``writer`` if they are due."""
+        self.steps.append(step)
+        for name, profile in profiles.items():
+            self.history.setdefault(name, []).append(profile)
+        if writer is None:
+            return
+        self._undrawn = writer, step, profiles, full, landmarks, boundaries
+        if self.last_drawn is None or step - self.last_drawn >= self.every_n_steps:
+            self.draw_undrawn()
+
+    def draw_undrawn(self) -> None:
+        """The figures of the last probe, unless they are drawn already."""
+        if self._undrawn is None:
+            return
+        writer, step, profiles, full, landmarks, boundaries = self._undrawn
+        for name in profiles:
+            fig = heatmap_figure(np.stack(self.history[name]), self.steps, f"log10 ||dL/d{name}||")
+            writer.add_figure(f"grad_flow/heatmap/{name}", fig, step)
+        lines = dict(profiles) | {f"full {k}": v for k, v in full.items()}
+        writer.add_figure(
+            "grad_flow/profile", profile_figure(lines, step, landmarks, boundaries), step
+        )
+        self.last_drawn, self._undrawn = step, None

@@ -5,17 +5,18 @@ Batches come from a BatchSource (a pure function of seed and step, so a run is r
 resumable); the windows of the BPTT schedule are run by ``bptt.run_windows``. A callback can
 hand the module probes for the next step (``trace_next_step``): that step is then traced and
 the probes read the gradient flowing into every state.
+Training scalars reach the Trainer's loggers and callbacks through ``scalars.TrainingScalars``;
+the hyperparameters a fit logs are summarised by ``hparams.hyperparameters``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -23,6 +24,8 @@ from bpttlab.bptt import BPTT, TraceHook, Window, run_windows
 from bpttlab.checks import integer
 from bpttlab.clipping import Clipping
 from bpttlab.model import RecurrentNet
+from bpttlab.module.hparams import hyperparameters
+from bpttlab.module.scalars import TrainingScalars
 from bpttlab.tasks import Batch, BatchSource, Task
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -31,6 +34,9 @@ VALIDATION_CHUNK = 256
 workspace) is freed and reused chunk after chunk; at 1024 steps it made the peak of a long
 sequence's validation 120 MB higher than at 256 (copy, gap 10000, batch 64, hidden 128)."""
 
+CHECKPOINTED = ("batches", "updates", "clipped_updates", "solved_at_step")
+"""The module's counters that a checkpoint keeps (under ``"bpttlab"``)."""
+
 
 class SequenceModule(L.LightningModule):
     """Train ``model`` on ``task``.
@@ -38,7 +44,7 @@ class SequenceModule(L.LightningModule):
     Args:
         model: the network (its fast and unrolled paths share weights).
         task: the sequence task that generates batches and scores outputs.
-        optimizer: a factory ``params -> Optimizer`` (a Hydra ``_partial_``).
+        optimizer: a factory ``params -> Optimizer`` (e.g. a ``functools.partial``).
         bptt: full or truncated BPTT schedule.
         clipping: gradient clipping.
         batch_size: sequences per training batch.
@@ -70,12 +76,15 @@ class SequenceModule(L.LightningModule):
         self.data = BatchSource(task, seed, self.batch_size, integer("val_batches", val_batches, 1))
         self.stop_when_solved = stop_when_solved
         self.windows = self.bptt.windows(task.seq_len)
+        self.save_hyperparameters(
+            hyperparameters(model, task, optimizer, self.bptt, self.clipping)
+            | {"batch_size": batch_size, "val_batches": val_batches, "seed": seed}
+        )
         self._next_hooks: list[TraceHook] = []
-        self.batches = 0
-        self.updates = 0
-        self.clipped_updates = 0
+        self.scalars = TrainingScalars(task.baseline_loss)
+        self.progress = self.scalars.progress  # what the progress bar shows of training
+        self.batches = self.updates = self.clipped_updates = 0
         self.val_metrics: dict[str, float] = {}
-        self.progress: dict[str, str] = {}  # what the progress bar shows of training
         self.val_step: int | None = None
         self.solved_at_step: int | None = None
         self.diverged_at_step: int | None = None
@@ -121,69 +130,20 @@ class SequenceModule(L.LightningModule):
 
     def training_step(self, _index: int, _batch_idx: int) -> None:
         step = self.global_step
-        batch = self.train_batch(step)
         hooks, self._next_hooks = self._next_hooks, []
-        optimizer = self.optimizers()
-        loss_sum, norm_sum, clipped, updates = 0.0, 0.0, 0, 0
-        for loss in self.window_losses(batch, self.windows, hooks):
-            norm, was_clipped = self.clipping.clip_parameters(self.model.parameters())
-            if not (torch.isfinite(loss) and torch.isfinite(norm)):
-                self._diverge(step)
-                return
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
-            norm_sum += norm
-            clipped += was_clipped
-            updates += 1
-        self.batches += 1
-        self.updates += updates
-        self.clipped_updates += clipped
-        if self.batches % self.trainer.log_every_n_steps == 0:  # the batches Lightning writes
-            self._log_training(loss_sum, norm_sum / updates, clipped / updates)
-
-    def full_gradient_reference(self, step: int, hook: TraceHook) -> float:
-        """On the batch of ``step`` at the current weights, run full BPTT with ``hook`` on its
-        traces; return the cosine similarity of the full and the truncated parameter gradients.
-        Leaves no gradient and no clipping count behind."""
-        batch = self.train_batch(step)
-        clipping = dataclasses.replace(self.clipping)  # its own count of clipped deltas
-        parameters = list(self.model.parameters())
-
-        def flat_gradient(windows: list[Window], probes: list[TraceHook]) -> Tensor:
-            hooks = clipping.trace_hooks(self.batch_size)
-            losses = self.task.position_losses
-            for _ in run_windows(self.model, batch, windows, losses, probes, hooks):
-                pass
-            flat = torch.cat([p.grad.flatten() for p in parameters if p.grad is not None])
-            self.model.zero_grad(set_to_none=True)
-            return flat
-
-        full = flat_gradient(BPTT().windows(self.task.seq_len), [hook])
-        truncated = flat_gradient(self.windows, [])
-        return torch.nn.functional.cosine_similarity(full, truncated, dim=0).item()
-
-    def _log_training(self, loss: Tensor, grad_norm: Tensor, clipped: float) -> None:
-        loss = loss.item()
-        scalars = {
-            "train/loss": loss,
-            "train/normalized_loss": loss / self.task.baseline_loss,
-            "train/grad_norm": grad_norm.item(),
-            "train/clipped": clipped,
-            "train/clipped_fraction": self.clipped_updates / self.updates,
-        }
-        self.progress = {
-            "loss": f"{loss:.4g}",
-            "norm_loss": f"{loss / self.task.baseline_loss:.3g}",
-        }
-        writer = tensorboard_writer(self._trainer)
-        if writer is None:  # another logger: through Lightning, at the optimiser step
-            self.log_dict(scalars | {"step": float(self.global_step)})
+        losses = self.window_losses(self.train_batch(step), self.windows, hooks)
+        updates = BatchUpdates.run(losses, self.optimizers(), self.clipping, self.model)
+        if updates.diverged:
+            self._diverge(step)
             return
-        # Straight to TensorBoard: each key logged through Lightning costs about a millisecond
-        # per logging batch, a few percent of training.
-        for tag, value in scalars.items():
-            writer.add_scalar(tag, value, self.global_step)
+        self.batches += 1
+        self.updates += updates.count
+        self.clipped_updates += updates.clipped
+        clipped_fraction = self.clipped_updates / self.updates
+        self.scalars.add(self.trainer, self.batches, *updates.scalars(), clipped_fraction)
+
+    def on_train_end(self) -> None:
+        self.scalars.log_unlogged(self.loggers)  # a fit shorter than log_every_n_steps too
 
     def _diverge(self, step: int) -> None:
         """A non-finite loss or gradient ends the run as a result, not a crash."""
@@ -193,11 +153,9 @@ class SequenceModule(L.LightningModule):
         self.trainer.should_stop = True
 
     # -- validation --------------------------------------------------------------------------
-    def on_validation_epoch_start(self) -> None:
-        self._val_sums: Tensor | int = 0
-
-    def validation_step(self, index: int, _batch_idx: int) -> None:
-        self._val_sums = self._val_sums + self.metric_sums(self.data.validation(index, self.device))
+    def validation_step(self, index: int, batch_idx: int) -> None:
+        sums = self.metric_sums(self.data.validation(index, self.device))
+        self._val_sums = sums if batch_idx == 0 else self._val_sums + sums
 
     def metric_sums(self, batch: Batch) -> Tensor:
         """The task's ``metric_sums`` over ``batch``, the model run ``VALIDATION_CHUNK`` steps at
@@ -225,22 +183,42 @@ class SequenceModule(L.LightningModule):
 
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["bpttlab"] = {
-            "batches": self.batches,
-            "updates": self.updates,
-            "clipped_updates": self.clipped_updates,
-            "solved_at_step": self.solved_at_step,
-        }
+        checkpoint["bpttlab"] = {key: getattr(self, key) for key in CHECKPOINTED}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("bpttlab", {})
-        self.batches = saved.get("batches", 0)
-        self.updates = saved.get("updates", 0)
-        self.clipped_updates = saved.get("clipped_updates", 0)
-        self.solved_at_step = saved.get("solved_at_step")
+        for key, value in checkpoint.get("bpttlab", {}).items():
+            setattr(self, key, value)
 
 
-def tensorboard_writer(trainer: L.Trainer | None):
-    """The SummaryWriter of ``trainer``'s TensorBoardLogger, or None without one."""
-    loggers = trainer.loggers if trainer is not None else []
-    return next((lg.experiment for lg in loggers if isinstance(lg, TensorBoardLogger)), None)
+@dataclass
+class BatchUpdates:
+    """The optimiser steps of one batch, one per window: their summed loss and gradient norm
+    (before clipping), how many there were and how many were clipped."""
+
+    loss: Tensor | float = 0.0
+    grad_norm: Tensor | float = 0.0
+    count: int = 0
+    clipped: int = 0
+    diverged: bool = False
+
+    @classmethod
+    def run(cls, losses: Iterator[Tensor], optimizer, clipping: Clipping, model) -> BatchUpdates:
+        """After each window's backward (``losses``), clip and step. A non-finite loss or
+        gradient stops the batch before its step (``diverged``)."""
+        done = cls()
+        for loss in losses:
+            norm, was_clipped = clipping.clip_parameters(model.parameters())
+            if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                done.diverged = True
+                return done
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done.loss += loss.detach()
+            done.grad_norm += norm
+            done.count += 1
+            done.clipped += was_clipped
+        return done
+
+    def scalars(self) -> tuple[Tensor, Tensor, float]:
+        """The batch's loss, its mean gradient norm and the fraction of its steps clipped."""
+        return self.loss, self.grad_norm / self.count, self.clipped / self.count
