@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -34,13 +35,27 @@ BOOLEANS = {
 }
 
 
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
+"""The most torch threads a run may ask for: more threads than cores only oversubscribe them,
+and a cluster node may have several times the cores of the machine a sweep starts on (hence
+the slack and the floor); tens of thousands exhaust what the OS lets one process start."""
+
+
 def check_top_level(cfg: DictConfig) -> None:
     boolean("resume", cfg.get("resume", False))
     boolean("flush_subnormals", cfg.get("flush_subnormals", True))
     boolean("keep_freed_memory", cfg.get("keep_freed_memory", True))
     boolean("compiled_kernels", cfg.get("compiled_kernels", True))
-    if cfg.get("threads") is not None:
-        integer("threads", cfg.threads, 1, optional=True)
+    threads = cfg.get("threads")
+    if threads is not None:
+        integer("threads", threads, 1, optional=True)
+        if threads > MAX_THREADS:
+            raise ConfigError(
+                "threads",
+                threads,
+                f"an integer from 1 to {MAX_THREADS} or null (4x this machine's "
+                f"{os.cpu_count()} cores, at least 256: more threads only oversubscribe them)",
+            )
     choice("optimized_metric", cfg.get("optimized_metric"), METRICS)
     for section, keys in BOOLEANS.items():
         node = cfg.get(section) or {}
@@ -70,6 +85,37 @@ def check_trainer(trainer: DictConfig) -> None:
     integer("trainer.check_val_every_n_epoch", trainer.get("check_val_every_n_epoch"), 1, True)
     if trainer.get("max_epochs", -1) != -1:
         integer("trainer.max_epochs", trainer.max_epochs, 1)
+
+
+def check_hydra(hydra: DictConfig) -> None:
+    """The launcher's and sweeper's keys that their plugins would take without a word (joblib
+    runs an unknown backend as loky) or refuse with a traceback (Optuna)."""
+    launcher = hydra.get("launcher") or {}
+    if str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        from joblib.parallel import BACKENDS  # the backends joblib knows now
+
+        optional_choice("hydra.launcher.backend", launcher.get("backend"), sorted(BACKENDS))
+        optional_choice("hydra.launcher.prefer", launcher.get("prefer"), ("processes", "threads"))
+        optional_choice("hydra.launcher.require", launcher.get("require"), ("sharedmem",))
+    sweeper = hydra.get("sweeper") or {}
+    if str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+        integer("hydra.sweeper.n_trials", sweeper.get("n_trials"), 1)
+        integer("hydra.sweeper.n_jobs", sweeper.get("n_jobs"), 1)
+        direction = sweeper.get("direction")
+        directions = list(direction) if OmegaConf.is_list(direction) else [direction]
+        if not directions or not all(str(d) in ("minimize", "maximize") for d in directions):
+            raise ConfigError(
+                "hydra.sweeper.direction",
+                direction,
+                "minimize or maximize (a list of them for several objectives)",
+            )
+
+
+def optional_choice(key: str, value: object, choices: Iterable[str]) -> object:
+    choices = tuple(choices)
+    if value is not None and value not in choices:
+        raise ConfigError(key, value, "one of " + ", ".join(choices) + " or null")
+    return value
 
 
 def check_optim(optim: DictConfig) -> None:
