@@ -4,10 +4,13 @@ subprocesses of the console script."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,6 +141,15 @@ BAD = [
     (f"{S} +foo.bar=1", "foo.bar"),
     (f"{S} threads=100000", "threads"),  # more than the OS lets a process start
     (f"{S} logger.save_dir=/proc/foo", "logger.save_dir"),  # no one may write there
+    # memory: the key that drives it, estimated without allocating the network
+    (f"{S} cell=lru cell.state_size=100000000", "cell.state_size"),
+    (f"{S} cell.num_layers=100000000", "cell.num_layers"),
+    (f"{S} cell.embedding_dim=1000000000", "cell.embedding_dim"),
+    (f"{S} cell=mingru cell.expansion=1e7", "cell.expansion"),
+    (f"{S} cell=minlstm cell.ff_mult=100000000", "cell.ff_mult"),
+    (f"{S} cell=orthogonal cell.hidden_size=100000", "cell.hidden_size"),
+    (f"{S} module.val_batches=100000000", "module.val_batches"),
+    (f"{S} module.batch_size=1000000000", "module.batch_size"),
     (f"{S} callbacks.grad_flow.save_dir=/proc/foo", "callbacks.grad_flow.save_dir"),
     ("hparams_search=optuna hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials"),
     ("hparams_search=optuna hydra.sweeper.direction=sideways", "hydra.sweeper.direction"),
@@ -339,3 +351,30 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(full_disk):
     after = files_of(full_disk / "finished")
     for record in ("metrics.json", "config.yaml", "checkpoints/last.ckpt"):
         assert after[record] == finished[record], record  # the finished run's record, as it was
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_long_validation_stops_the_run_at_once(tmp_path, sig):
+    """200,000 validation batches take a minute to make (and more to run): the first signal
+    ends the run within seconds, recorded as interrupted."""
+    run_dir = tmp_path / "run"
+    args = [CLI, *QUIET, "module.val_batches=200000", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = run_dir / "train.log"
+        deadline = time.monotonic() + 120
+        while not (log.exists() and "budget:" in log.read_text()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+        time.sleep(4)  # its three steps, then into the validation
+        assert process.poll() is None
+        process.send_signal(sig)
+        sent = time.monotonic()
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert time.monotonic() - sent < 15
+    assert process.returncode == 128 + sig, err[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    assert out.strip().splitlines()[-1].startswith("interrupted at step 3")

@@ -35,9 +35,7 @@ def build_module(cfg: DictConfig, cache: dict | None = None) -> SequenceModule:
     if cache is None:  # a check builds nothing that it keeps
         L.seed_everything(seed, verbose=False)
     task = _instantiate("task", cfg.task, cache=cache)
-    batch_size = cfg.module.get("batch_size")
-    if isinstance(batch_size, int):
-        config_checks.check_memory(cfg.cell, task.seq_len, task.input_size, batch_size)
+    config_checks.check_memory(cfg.cell, task, cfg.module)
     model = _instantiate(
         "cell",
         cfg.cell,

@@ -173,26 +173,66 @@ def _leaves(prefix: str, node: object):
         yield prefix, node
 
 
-def check_memory(cell: DictConfig, seq_len: int, input_size: int, batch_size: int) -> None:
-    """Refuse a network whose weights, gradients, optimiser state and one batch's activations
-    (float32, a lower bound) exceed this machine's memory."""
-    gates = {"rnn": 1, "gru": 3, "lstm": 4}.get(cell.get("kind"), 4)
-    hidden = cell.get("hidden_size")
-    layers = cell.get("num_layers")
-    embedding = cell.get("embedding_dim")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (hidden, layers, embedding)):
-        return  # the cell's own checks name the key
-    if min(hidden, layers, embedding) < 1:
-        return
-    per_layer = gates * hidden * (max(embedding, hidden) + hidden + 2)
-    parameters = layers * per_layer + embedding * (input_size + 1) + hidden * (input_size + 1)
-    activations = batch_size * seq_len * layers * hidden * (gates + 2)
-    needed = 4 * (4 * parameters + activations)
+SIZE_KEYS = ("hidden_size", "num_layers", "embedding_dim", "state_size", "expansion", "ff_mult")
+"""The cell keys that size a network (those its kind has)."""
+
+
+def check_memory(cell: DictConfig, task: object, module: DictConfig) -> None:
+    """Refuse a run whose weights, gradients, optimiser state, one batch's activations and
+    fixed validation set (float32, a lower bound, estimated: nothing is allocated) exceed this
+    machine's memory, naming the key that drives it: the one whose value, set to 1, would save
+    the most."""
+    sizes = {f"cell.{k}": cell.get(k) for k in SIZE_KEYS if cell.get(k) is not None}
+    if cell.get("block") is False or sizes.get("cell.ff_mult") == 0:
+        sizes.pop("cell.ff_mult", None)  # no MLP
+    sizes["module.batch_size"] = module.get("batch_size")
+    sizes["module.val_batches"] = module.get("val_batches", 4)
+    numbers = all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in sizes.values()
+    )
+    if not numbers or any(k not in sizes for k in ("cell.hidden_size", "cell.num_layers")):
+        return  # the constructors name the key
+    needed = memory_needed(cell.get("kind"), sizes, task)
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if needed > available:
-        raise ConfigError(
-            "cell.hidden_size",
-            hidden,
-            f"a size that fits in memory: this run needs at least {needed / 2**30:.3g} GiB, "
-            f"the machine has {available / 2**30:.3g} GiB",
-        )
+    if needed <= available:
+        return
+    key = max(sizes, key=lambda k: needed - memory_needed(cell.get("kind"), sizes | {k: 1}, task))
+    raise ConfigError(
+        key,
+        sizes[key],
+        f"a size that fits in memory: this run needs at least {needed / 2**30:.3g} GiB, "
+        f"the machine has {available / 2**30:.3g} GiB",
+    )
+
+
+def memory_needed(kind: object, sizes: dict[str, float], task: object) -> float:
+    """Bytes a run of ``kind`` with these ``sizes`` holds at least (see check_memory)."""
+    hidden, layers = sizes["cell.hidden_size"], sizes["cell.num_layers"]
+    embedding = sizes.get("cell.embedding_dim", hidden)
+    batch, seq_len = sizes["module.batch_size"], task.seq_len
+    first, per_step = layer_size(kind, sizes, embedding)
+    parameters = first + (layers - 1) * layer_size(kind, sizes, hidden)[0]
+    parameters += embedding * (task.input_size + 1) + (hidden + 1) * task.output_size
+    activations = batch * seq_len * layers * per_step
+    per_position = 16 if task.token_input else 4 * task.input_size + 8  # inputs and targets
+    validation = sizes["module.val_batches"] * batch * seq_len * per_position
+    return 4 * (4 * parameters + activations) + validation
+
+
+def layer_size(kind: object, sizes: dict[str, float], n_in: float) -> tuple[float, float]:
+    """A layer's weights, and the numbers it keeps per sequence and step for the backward
+    pass, for ``n_in`` inputs (a lower bound: biases and norms left out)."""
+    hidden = sizes["cell.hidden_size"]
+    if kind == "lru":
+        state = sizes.get("cell.state_size", hidden)
+        return 4 * state * hidden + 3 * state + 2 * hidden * hidden, 4 * state + 3 * hidden
+    if kind in ("mingru", "minlstm"):
+        state = int(sizes.get("cell.expansion", 1) * hidden)
+        gates = 2 if kind == "mingru" else 3
+        ff = sizes.get("cell.ff_mult", 0)
+        weights = gates * state * min(n_in, hidden) + 2 * ff * hidden * hidden
+        return weights, (gates + 1) * state + ff * hidden
+    if kind == "orthogonal":  # A in float64, and exp(A)
+        return n_in * hidden + 3 * hidden * hidden, 3 * hidden
+    gates = {"rnn": 1, "gru": 3, "lstm": 4}.get(kind, 1)
+    return gates * hidden * (n_in + hidden + 2), (gates + 2) * hidden

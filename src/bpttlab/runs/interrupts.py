@@ -40,13 +40,16 @@ class StopOnSignal(Checkpoint):
 
     ``install`` takes over both signals (train() does so before building anything);
     ``on_train_start`` takes them over again, after Lightning put its own SIGTERM handler in.
-    A second signal raises KeyboardInterrupt: the impatient way out.
+    A second signal raises KeyboardInterrupt: the impatient way out. A signal during a
+    validation ends the run at once (a validation may be long), and the run resumes from its
+    last checkpoint.
     """
 
     def __init__(self) -> None:
         self.received: str | None = None
         self.stopped_at_step: int | None = None
         self._after_validation = False
+        self._validating: L.Trainer | None = None
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
@@ -63,6 +66,9 @@ class StopOnSignal(Checkpoint):
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        if self._validating is not None:  # a validation may be long: it is dropped at once
+            self.stopped_at_step = self._validating.global_step
+            raise Interrupted(f"{self.received} in the validation at step {self.stopped_at_step}")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for signum in SIGNALS:
@@ -76,7 +82,14 @@ class StopOnSignal(Checkpoint):
         else:
             self._stop(trainer)
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for signum in SIGNALS:  # validate() puts Lightning's SIGTERM handler in
+            signal.signal(signum, self._handle)
+        if self.received is None and not trainer.sanity_checking:
+            self._validating = trainer
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validating = None
         if self._after_validation and not trainer.sanity_checking:
             self._after_validation = False
             if not trainer.should_stop:
