@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bpttlab.analysis import report
 from bpttlab.cli import train
@@ -356,10 +357,11 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(full_disk):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_a_long_validation_stops_the_run_at_once(tmp_path, sig):
-    """200,000 validation batches take a minute to make (and more to run): the first signal
-    ends the run within seconds, recorded as interrupted."""
+    """The validation after training, of 300,000 batches, takes a minute to make (and more to
+    run): the first signal ends the run within seconds, recorded as interrupted, with the
+    trained state saved."""
     run_dir = tmp_path / "run"
-    args = [CLI, *QUIET, "module.val_batches=200000", f"hydra.run.dir={run_dir}"]
+    args = [CLI, *QUIET, "module.val_batches=300000", f"hydra.run.dir={run_dir}"]
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         log = run_dir / "train.log"
@@ -367,7 +369,7 @@ def test_a_signal_during_a_long_validation_stops_the_run_at_once(tmp_path, sig):
         while not (log.exists() and "budget:" in log.read_text()):
             assert time.monotonic() < deadline and process.poll() is None
             time.sleep(0.2)
-        time.sleep(4)  # its three steps, then into the validation
+        time.sleep(8)  # its three steps, then well into the validation
         assert process.poll() is None
         process.send_signal(sig)
         sent = time.monotonic()
@@ -377,4 +379,6 @@ def test_a_signal_during_a_long_validation_stops_the_run_at_once(tmp_path, sig):
     assert time.monotonic() - sent < 15
     assert process.returncode == 128 + sig, err[-2000:]
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
-    assert out.strip().splitlines()[-1].startswith("interrupted at step 3")
+    assert out.strip().splitlines()[-1].startswith("interrupted at step 3; resume with: ")
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 3  # the trained state, which the resume validates

@@ -9,6 +9,7 @@ from types import FrameType
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 from bpttlab.runs.checkpoint import LastCheckpoint, validation_follows
 
@@ -40,9 +41,9 @@ class StopOnSignal(Checkpoint):
 
     ``install`` takes over both signals (train() does so before building anything);
     ``on_train_start`` takes them over again, after Lightning put its own SIGTERM handler in.
-    A second signal raises KeyboardInterrupt: the impatient way out. A signal during a
-    validation ends the run at once (a validation may be long), and the run resumes from its
-    last checkpoint.
+    A second signal raises KeyboardInterrupt: the impatient way out. A signal during the
+    validation after training (``trainer.validate``, which may be long) drops it at once and
+    saves the trained state, which a resume validates.
     """
 
     def __init__(self) -> None:
@@ -66,7 +67,7 @@ class StopOnSignal(Checkpoint):
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
-        if self._validating is not None:  # a validation may be long: it is dropped at once
+        if self._validating is not None:  # the last validation may be long: dropped at once
             self.stopped_at_step = self._validating.global_step
             raise Interrupted(f"{self.received} in the validation at step {self.stopped_at_step}")
 
@@ -85,8 +86,13 @@ class StopOnSignal(Checkpoint):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for signum in SIGNALS:  # validate() puts Lightning's SIGTERM handler in
             signal.signal(signum, self._handle)
-        if self.received is None and not trainer.sanity_checking:
-            self._validating = trainer
+        if self.received is None and trainer.state.fn == TrainerFn.VALIDATING:
+            self._validating = trainer  # the validation after training: nothing left to train
+
+    def on_exception(self, trainer: L.Trainer, pl_module: object, exception: BaseException) -> None:
+        if isinstance(exception, Interrupted) and self._validating is not None:
+            self._validating = None
+            self._save(trainer)  # the trained weights, which a resume validates
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._validating = None
@@ -97,7 +103,10 @@ class StopOnSignal(Checkpoint):
 
     def _stop(self, trainer: L.Trainer) -> None:
         self.stopped_at_step = trainer.global_step
+        self._save(trainer)
+        raise Interrupted(f"{self.received} at step {trainer.global_step}")
+
+    def _save(self, trainer: L.Trainer) -> None:
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, LastCheckpoint):
                 callback.save(trainer)
-        raise Interrupted(f"{self.received} at step {trainer.global_step}")
