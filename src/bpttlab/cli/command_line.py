@@ -22,7 +22,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bpttlab.checks import ConfigError
 from bpttlab.cli import config_checks
-from bpttlab.runs.rundir import check_writable
 
 
 class UsageError(ConfigError):
@@ -173,12 +172,12 @@ def check_command_line(
         for group_choice in itertools.product(*(values[i] for i in groups)):
             try:
                 base = _compose(config_name, list(group_choice))
-                _check_new_sections(base, [parsed[i] for i in settings])
+                config_checks.check_new_sections(base, [parsed[i] for i in settings])
                 # Hydra's own keys, in the Hydra config these groups make
                 with_hydra = [*group_choice, *hydra_lines]
                 hydra_cfg = _compose(config_name, with_hydra, return_hydra_config=True).hydra
                 config_checks.check_hydra(hydra_cfg)
-                _check_default_dir(hydra_cfg, args, multirun)
+                config_checks.check_default_dir(hydra_cfg, args, multirun)
             except ConfigError as error:
                 errors.append((error, " ".join(group_choice)))
                 continue
@@ -205,28 +204,6 @@ def check_command_line(
         if len(text) > MAX_LINES:
             text = text[:MAX_LINES] + [f"... and {len(text) - MAX_LINES} more invalid runs"]
         raise ConfigErrors([e for e, _ in errors], text)
-
-
-def _check_default_dir(hydra: DictConfig, args: list[str], multirun: bool) -> None:
-    """The run (or sweep) dir that Hydra makes when the command line names none (a dir it
-    names is checked whole, by preflight): the part of its pattern before the first
-    interpolation must lie under a writable dir (not, say, a read-only working dir)."""
-    multirun = multirun or str(hydra.get("mode")) == "MULTIRUN"
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    if any(a.startswith(key + "=") for a in args):
-        return
-    pattern = OmegaConf.to_container(hydra, resolve=False)[key.split(".")[1]]["dir"]
-    check_writable(key, Path(pattern.split("${")[0] + "_").parent)
-
-
-def _check_new_sections(base: DictConfig, overrides: list) -> None:
-    """Refuse ``+name=...`` that adds a top-level key no part of bpttlab reads."""
-    for override in overrides:
-        key = override.key_or_group.lstrip("+~")
-        if (override.is_add() or override.is_force_add()) and key.split(".")[0] not in base:
-            value = override.input_line.partition("=")[2]
-            value = value if override.is_sweep_override() else override.value()
-            raise ConfigError(key, value, "nothing: there is no such key (--cfg job lists them)")
 
 
 def _is_group(override, config_dir: str) -> bool:

@@ -1,17 +1,20 @@
 """Checks of the keys no constructor of bpttlab checks: the Trainer's, the optimiser's ranges,
-the top-level keys, booleans, non-finite numbers, and whether a run's tensors fit in memory.
-Each raises a one-line ConfigError naming the full key."""
+the top-level keys (none added), booleans, non-finite numbers, the launcher's and sweeper's
+keys, the default run dir, and whether a run's tensors fit in memory. Each raises a one-line
+ConfigError naming the full key."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bpttlab.checks import ConfigError, boolean, choice, integer, positive
+from bpttlab.runs.rundir import check_writable
 
 METRICS = (
     "final_val_loss",
@@ -109,6 +112,28 @@ def check_hydra(hydra: DictConfig) -> None:
                 direction,
                 "minimize or maximize (a list of them for several objectives)",
             )
+
+
+def check_default_dir(hydra: DictConfig, args: list[str], multirun: bool) -> None:
+    """The run (or sweep) dir that Hydra makes when the command line names none (a dir it
+    names is checked whole, by preflight): the part of its pattern before the first
+    interpolation must lie under a writable dir (not, say, a read-only working dir)."""
+    multirun = multirun or str(hydra.get("mode")) == "MULTIRUN"
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if any(a.startswith(key + "=") for a in args):
+        return
+    pattern = OmegaConf.to_container(hydra, resolve=False)[key.split(".")[1]]["dir"]
+    check_writable(key, Path(pattern.split("${")[0] + "_").parent)
+
+
+def check_new_sections(base: DictConfig, overrides: list) -> None:
+    """Refuse ``+name=...`` that adds a top-level key no part of bpttlab reads."""
+    for override in overrides:
+        key = override.key_or_group.lstrip("+~")
+        if (override.is_add() or override.is_force_add()) and key.split(".")[0] not in base:
+            value = override.input_line.partition("=")[2]
+            value = value if override.is_sweep_override() else override.value()
+            raise ConfigError(key, value, "nothing: there is no such key (--cfg job lists them)")
 
 
 def optional_choice(key: str, value: object, choices: Iterable[str]) -> object:
