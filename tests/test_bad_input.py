@@ -4,16 +4,24 @@ subprocesses of the console script."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from bpttlab.analysis import report
 from bpttlab.cli import train
 from bpttlab.runs.rundir import RunLock
 
+S = "trainer.max_steps=3 task.gap=10 cell.hidden_size=16 module.batch_size=8"
+"""A small run, which the line after it breaks."""
 BAD = [
     # groups and unknown keys
     ("cell=transformer", "cell"),
@@ -129,6 +137,24 @@ BAD = [
     ("~module", "module"),
     ("'hydra.run.dir=a(1)'", "hydra.run.dir"),  # Hydra's grammar: quote it
     ("hydra.run.dir='\"finished\"'", "hydra.run.dir"),  # quoted: the dir as Hydra reads it
+    # nonsense that used to run, or to end in a traceback
+    (f"{S} +foo=1", "foo"),  # a top-level key nothing reads
+    (f"{S} +foo.bar=1", "foo.bar"),
+    (f"{S} threads=100000", "threads"),  # more than the OS lets a process start
+    (f"{S} logger.save_dir=/proc/foo", "logger.save_dir"),  # no one may write there
+    # memory: the key that drives it, estimated without allocating the network
+    (f"{S} cell=lru cell.state_size=100000000", "cell.state_size"),
+    (f"{S} cell.num_layers=100000000", "cell.num_layers"),
+    (f"{S} cell.embedding_dim=1000000000", "cell.embedding_dim"),
+    (f"{S} cell=mingru cell.expansion=1e7", "cell.expansion"),
+    (f"{S} cell=minlstm cell.ff_mult=100000000", "cell.ff_mult"),
+    (f"{S} cell=orthogonal cell.hidden_size=100000", "cell.hidden_size"),
+    (f"{S} module.val_batches=100000000", "module.val_batches"),
+    (f"{S} module.batch_size=1000000000", "module.batch_size"),
+    (f"{S} callbacks.grad_flow.save_dir=/proc/foo", "callbacks.grad_flow.save_dir"),
+    ("hparams_search=optuna hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials"),
+    ("hparams_search=optuna hydra.sweeper.direction=sideways", "hydra.sweeper.direction"),
+    ("-m hydra/launcher=joblib hydra.launcher.backend=nonsense seed=1,2", "hydra.launcher.backend"),
 ]
 SUBPROCESS = {
     "'task.gap=[1,2'",
@@ -226,3 +252,133 @@ def test_print_only_flags_are_left_to_hydra(workdir, monkeypatch):
 
 def test_the_table_is_long_enough():
     assert len(BAD) >= 80 and len({line for line, _ in BAD}) == len(BAD)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory no one may write in: a read-only tmpfs (root ignores mode bits)."""
+    path = tmp_path / "read_only"
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        yield path
+        path.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(path)])
+    if mounted.returncode != 0:
+        pytest.skip("mounting a read-only tmpfs is not permitted here")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.parametrize("line", [S, f"-m {S} seed=1,2"])
+def test_a_read_only_working_dir_is_refused_by_its_run_dir_key(
+    read_only_dir, monkeypatch, capsys, line
+):
+    monkeypatch.chdir(read_only_dir)
+    monkeypatch.setattr(train, "_hydra_main", lambda: pytest.fail(f"{line!r} was accepted"))
+    monkeypatch.setattr(sys, "argv", ["bpttlab-train", *shlex.split(line)])
+    with pytest.raises(SystemExit) as exit_:
+        train.main()
+    assert exit_.value.code == 2
+    key = "hydra.sweep.dir" if line.startswith("-m") else "hydra.run.dir"
+    check_one_line(capsys.readouterr().err, key)
+
+
+@pytest.mark.parametrize("out", ["a_file", "read_only", "read_only/report"])
+def test_report_refuses_an_out_it_cannot_write_in_one_line(
+    tmp_path, read_only_dir, monkeypatch, capsys, out
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("not a directory\n")
+    (tmp_path / "sweep").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        report.main(["sweep", "--out", out])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bpttlab-report: error: --out='{out}'")
+    assert (tmp_path / "a_file").read_text() == "not a directory\n"
+    assert not any(read_only_dir.iterdir())
+
+
+QUIET = [*shlex.split(S), "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 3 MB tmpfs with a finished run on it, then filled to its last 40 KB."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("mounting a small tmpfs is not permitted here")
+    try:
+        finished = subprocess.run(
+            [CLI, *QUIET, f"hydra.run.dir={disk / 'finished'}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert finished.returncode == 0, finished.stderr[-2000:]
+        stat = os.statvfs(disk)
+        (disk / "filler").write_bytes(b"\0" * (stat.f_bavail * stat.f_frsize - 40_000))
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def files_of(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(full_disk):
+    finished = files_of(full_disk / "finished")
+    for args in (
+        [f"hydra.run.dir={full_disk / 'new'}"],
+        [f"hydra.run.dir={full_disk / 'finished'}", "resume=true", "trainer.max_steps=6"],
+    ):
+        result = subprocess.run(
+            [CLI, *QUIET, *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 1
+        said = (result.stdout + result.stderr).strip().splitlines()
+        assert "Traceback" not in result.stderr and "Logging error" not in result.stderr
+        errors = [line for line in said if "No space left on device" in line]
+        assert len(errors) == 1, said
+        assert not list(full_disk.rglob("*.partial"))
+    after = files_of(full_disk / "finished")
+    for record in ("metrics.json", "config.yaml", "checkpoints/last.ckpt"):
+        assert after[record] == finished[record], record  # the finished run's record, as it was
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_a_long_validation_stops_the_run_at_once(tmp_path, sig):
+    """The validation after training, of 300,000 batches, takes a minute to make (and more to
+    run): the first signal ends the run within seconds, recorded as interrupted, with the
+    trained state saved."""
+    run_dir = tmp_path / "run"
+    args = [CLI, *QUIET, "module.val_batches=300000", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = run_dir / "train.log"
+        deadline = time.monotonic() + 120
+        while not (log.exists() and "budget:" in log.read_text()):
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.2)
+        time.sleep(8)  # its three steps, then well into the validation
+        assert process.poll() is None
+        process.send_signal(sig)
+        sent = time.monotonic()
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert time.monotonic() - sent < 15
+    assert process.returncode == 128 + sig, err[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
+    assert out.strip().splitlines()[-1].startswith("interrupted at step 3; resume with: ")
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 3  # the trained state, which the resume validates

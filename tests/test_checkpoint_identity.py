@@ -156,11 +156,15 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(tmp_path):
 
 
 class SigtermInClosingValidation(L.Callback):
-    """Sends this process a real SIGTERM in the validation that follows the last step."""
+    """Sends this process a real SIGTERM in the validation that follows the last step, once
+    (then makes ``sent``)."""
+
+    def __init__(self, sent: str):
+        self.sent = Path(sent)
 
     def on_validation_batch_start(self, trainer: L.Trainer, *_args: object) -> None:
-        if trainer.state.fn == "validate" and not getattr(self, "sent", False):
-            self.sent = True
+        if trainer.state.fn == "validate" and not self.sent.exists():
+            self.sent.touch()
             os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -184,21 +188,25 @@ def signalling(callback: type[L.Callback], *settings: str) -> str:
 
 
 @pytest.mark.slow
-def test_sigterm_in_the_closing_validation_completes_the_run_and_exits_143(tmp_path):
+def test_sigterm_in_the_closing_validation_is_an_interruption_that_resumes(tmp_path):
     """The last step is 3, validations every 2: the run ends with a validation of its own,
-    which a SIGTERM lets finish; the run is complete (its resume has nothing to do) and the
-    command exits 143, as a shell says of a command that SIGTERM ended."""
+    which a SIGTERM drops at once (it may be long): the run is interrupted at step 3 with its
+    trained state saved, the command exits 143, as a shell says of a command that SIGTERM
+    ended, and the resume runs the closing validation and completes."""
     run_dir = tmp_path / "run"
-    sigterm = signalling(SigtermInClosingValidation)
+    sigterm = signalling(SigtermInClosingValidation, f"sent:{tmp_path}/sent")
     args = [*ARGS, "module.val_batches=3", sigterm, f"hydra.run.dir={run_dir}"]
     result = cli(args, tmp_path, PYTHONPATH=TESTS)
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["steps"] == 3
-    assert result.stdout.strip().splitlines()[-1].startswith("not solved after 3 steps")
-    assert "validation at step 3" in (run_dir / "train.log").read_text()
+    assert metrics["status"] == "interrupted" and metrics["steps"] == 3
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 3
+    resumed = cli([*args, "resume=true"], tmp_path, PYTHONPATH=TESTS)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 3
+    assert "validation at step 3" in (run_dir / "train.log").read_text()
 
 
 @pytest.mark.slow

@@ -26,12 +26,15 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from bpttlab.analysis import compare as paired
 from bpttlab.analysis import figures as report_figures
 from bpttlab.analysis.sweep import STATUSES, Group, Run, group_runs, read_runs, value, varying
+from bpttlab.checks import ConfigError
+from bpttlab.runs.rundir import check_writable
 
 RUN_RESULTS = ("status", "solved", "solved_at_step", "normalized_loss", "diverged", "steps")
 GROUP_RESULTS = (
@@ -221,6 +224,11 @@ def main(argv: list[str] | None = None) -> None:
             paired.parse(args.compare)
         except ValueError as error:
             parser.error(str(error))
+    try:  # before any figure is drawn: a file, or a directory no one may write in, is refused
+        check_writable("--out", args.out or args.path / "report")
+    except ConfigError as error:
+        print(f"bpttlab-report: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     try:
         out = report(args.path, args.out, args.compare)
     except ValueError as error:

@@ -18,8 +18,11 @@ from omegaconf.errors import OmegaConfBaseException
 from bpttlab import checks
 from bpttlab.cli import config_checks
 from bpttlab.module import SequenceModule
+from bpttlab.runs.rundir import check_writable
 from bpttlab.tasks.base import SEED_LIMIT
 
+OUTPUT_DIRS = ("save_dir", "dirpath")
+"""The keys of a logger or callback that name a dir it writes to."""
 CONFIG_MISTAKES = (ValueError, TypeError, MisconfigurationException, OmegaConfBaseException)
 
 
@@ -32,9 +35,7 @@ def build_module(cfg: DictConfig, cache: dict | None = None) -> SequenceModule:
     if cache is None:  # a check builds nothing that it keeps
         L.seed_everything(seed, verbose=False)
     task = _instantiate("task", cfg.task, cache=cache)
-    batch_size = cfg.module.get("batch_size")
-    if isinstance(batch_size, int):
-        config_checks.check_memory(cfg.cell, task.seq_len, task.input_size, batch_size)
+    config_checks.check_memory(cfg.cell, task, cfg.module)
     model = _instantiate(
         "cell",
         cfg.cell,
@@ -73,8 +74,11 @@ def check_config(cfg: DictConfig, cache: dict | None = None) -> None:
     build_module(cfg, cache)
     _once(cache, "trainer", cfg.trainer, config_checks.check_trainer)
     _once(cache, "optim", cfg.optim, config_checks.check_optim)
+    if cfg.get("logger"):
+        check_output_dirs("logger", cfg.logger)
     callbacks = cfg.get("callbacks") or {}
     for name, node in callbacks.items():  # paths in the run dir: not made by a check
+        check_output_dirs(f"callbacks.{name}", node)
         paths = {k: None for k in ("save_dir", "dirpath") if node is not None and k in node}
         if node is not None:
             _instantiate(f"callbacks.{name}", node, cache=cache, **paths)
@@ -85,6 +89,20 @@ def check_config(cfg: DictConfig, cache: dict | None = None) -> None:
             None,
             "a logger while callbacks.grad_flow is on (drop it with ~callbacks.grad_flow)",
         )
+
+
+def check_output_dirs(section: str, node: DictConfig | None) -> None:
+    """A dir a logger or callback writes to, set outside the run dir, must be creatable (a
+    path under ``${run_dir}`` cannot be resolved yet: the run dir's own check covers it)."""
+    for key in OUTPUT_DIRS:
+        if node is None or key not in node:
+            continue
+        try:
+            value = node[key]
+        except OmegaConfBaseException:  # under ${run_dir}, which needs the run
+            continue
+        if value is not None:
+            check_writable(f"{section}.{key}", value)
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback] = ()) -> L.Trainer:

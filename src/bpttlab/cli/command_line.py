@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bpttlab.checks import ConfigError
+from bpttlab.cli import config_checks
 
 
 class UsageError(ConfigError):
@@ -171,8 +172,12 @@ def check_command_line(
         for group_choice in itertools.product(*(values[i] for i in groups)):
             try:
                 base = _compose(config_name, list(group_choice))
-                if hydra_lines:  # Hydra's own keys, in the Hydra config these groups make
-                    _compose(config_name, [*group_choice, *hydra_lines], return_hydra_config=True)
+                config_checks.check_new_sections(base, [parsed[i] for i in settings])
+                # Hydra's own keys, in the Hydra config these groups make
+                with_hydra = [*group_choice, *hydra_lines]
+                hydra_cfg = _compose(config_name, with_hydra, return_hydra_config=True).hydra
+                config_checks.check_hydra(hydra_cfg)
+                config_checks.check_default_dir(hydra_cfg, args, multirun)
             except ConfigError as error:
                 errors.append((error, " ".join(group_choice)))
                 continue
@@ -195,7 +200,7 @@ def check_command_line(
                         raise
     if errors:
         sweep = runs > 1
-        text = [str(e) + (f" (in the run {run})" if sweep else "") for e, run in errors]
+        text = [str(e) + (f" (in the run {run})" if sweep and run else "") for e, run in errors]
         if len(text) > MAX_LINES:
             text = text[:MAX_LINES] + [f"... and {len(text) - MAX_LINES} more invalid runs"]
         raise ConfigErrors([e for e, _ in errors], text)

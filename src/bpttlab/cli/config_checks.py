@@ -1,17 +1,21 @@
 """Checks of the keys no constructor of bpttlab checks: the Trainer's, the optimiser's ranges,
-the top-level keys, booleans, non-finite numbers, and whether a run's tensors fit in memory.
-Each raises a one-line ConfigError naming the full key."""
+the top-level keys (none added), booleans, non-finite numbers, the launcher's and sweeper's
+keys, the default run dir, and whether a run's tensors fit in memory. Each raises a one-line
+ConfigError naming the full key."""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from bpttlab.cells import CELLS
 from bpttlab.checks import ConfigError, boolean, choice, integer, positive
+from bpttlab.runs.rundir import check_writable
 
 METRICS = (
     "final_val_loss",
@@ -35,13 +39,27 @@ BOOLEANS = {
 }
 
 
+MAX_THREADS = max(256, 4 * (os.cpu_count() or 1))
+"""The most torch threads a run may ask for: more threads than cores only oversubscribe them,
+and a cluster node may have several times the cores of the machine a sweep starts on (hence
+the slack and the floor); tens of thousands exhaust what the OS lets one process start."""
+
+
 def check_top_level(cfg: DictConfig) -> None:
     boolean("resume", cfg.get("resume", False))
     boolean("flush_subnormals", cfg.get("flush_subnormals", True))
     boolean("keep_freed_memory", cfg.get("keep_freed_memory", True))
     boolean("compiled_kernels", cfg.get("compiled_kernels", True))
-    if cfg.get("threads") is not None:
-        integer("threads", cfg.threads, 1, optional=True)
+    threads = cfg.get("threads")
+    if threads is not None:
+        integer("threads", threads, 1, optional=True)
+        if threads > MAX_THREADS:
+            raise ConfigError(
+                "threads",
+                threads,
+                f"an integer from 1 to {MAX_THREADS} or null (4x this machine's "
+                f"{os.cpu_count()} cores, at least 256: more threads only oversubscribe them)",
+            )
     choice("optimized_metric", cfg.get("optimized_metric"), METRICS)
     for section, keys in BOOLEANS.items():
         node = cfg.get(section) or {}
@@ -71,6 +89,59 @@ def check_trainer(trainer: DictConfig) -> None:
     integer("trainer.check_val_every_n_epoch", trainer.get("check_val_every_n_epoch"), 1, True)
     if trainer.get("max_epochs", -1) != -1:
         integer("trainer.max_epochs", trainer.max_epochs, 1)
+
+
+def check_hydra(hydra: DictConfig) -> None:
+    """The launcher's and sweeper's keys that their plugins would take without a word (joblib
+    runs an unknown backend as loky) or refuse with a traceback (Optuna)."""
+    launcher = hydra.get("launcher") or {}
+    if str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        from joblib.parallel import BACKENDS  # the backends joblib knows now
+
+        optional_choice("hydra.launcher.backend", launcher.get("backend"), sorted(BACKENDS))
+        optional_choice("hydra.launcher.prefer", launcher.get("prefer"), ("processes", "threads"))
+        optional_choice("hydra.launcher.require", launcher.get("require"), ("sharedmem",))
+    sweeper = hydra.get("sweeper") or {}
+    if str(sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+        integer("hydra.sweeper.n_trials", sweeper.get("n_trials"), 1)
+        integer("hydra.sweeper.n_jobs", sweeper.get("n_jobs"), 1)
+        direction = sweeper.get("direction")
+        directions = list(direction) if OmegaConf.is_list(direction) else [direction]
+        if not directions or not all(str(d) in ("minimize", "maximize") for d in directions):
+            raise ConfigError(
+                "hydra.sweeper.direction",
+                direction,
+                "minimize or maximize (a list of them for several objectives)",
+            )
+
+
+def check_default_dir(hydra: DictConfig, args: list[str], multirun: bool) -> None:
+    """The run (or sweep) dir that Hydra makes when the command line names none (a dir it
+    names is checked whole, by preflight): the part of its pattern before the first
+    interpolation must lie under a writable dir (not, say, a read-only working dir)."""
+    multirun = multirun or str(hydra.get("mode")) == "MULTIRUN"
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if any(a.startswith(key + "=") for a in args):
+        return
+    pattern = OmegaConf.to_container(hydra, resolve=False)[key.split(".")[1]]["dir"]
+    check_writable(key, Path(pattern.split("${")[0] + "_").parent)
+
+
+def check_new_sections(base: DictConfig, overrides: list) -> None:
+    """Refuse ``+name=...`` that adds a top-level key no part of bpttlab reads."""
+    for override in overrides:
+        key = override.key_or_group.lstrip("+~")
+        if (override.is_add() or override.is_force_add()) and key.split(".")[0] not in base:
+            value = override.input_line.partition("=")[2]
+            value = value if override.is_sweep_override() else override.value()
+            raise ConfigError(key, value, "nothing: there is no such key (--cfg job lists them)")
+
+
+def optional_choice(key: str, value: object, choices: Iterable[str]) -> object:
+    choices = tuple(choices)
+    if value is not None and value not in choices:
+        raise ConfigError(key, value, "one of " + ", ".join(choices) + " or null")
+    return value
 
 
 def check_optim(optim: DictConfig) -> None:
@@ -128,26 +199,66 @@ def _leaves(prefix: str, node: object):
         yield prefix, node
 
 
-def check_memory(cell: DictConfig, seq_len: int, input_size: int, batch_size: int) -> None:
-    """Refuse a network whose weights, gradients, optimiser state and one batch's activations
-    (float32, a lower bound) exceed this machine's memory."""
-    gates = getattr(CELLS.get(cell.get("kind")), "gates", 4)  # 4 for the cells without gates
-    hidden = cell.get("hidden_size")
-    layers = cell.get("num_layers")
-    embedding = cell.get("embedding_dim")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (hidden, layers, embedding)):
-        return  # the cell's own checks name the key
-    if min(hidden, layers, embedding) < 1:
-        return
-    per_layer = gates * hidden * (max(embedding, hidden) + hidden + 2)
-    parameters = layers * per_layer + embedding * (input_size + 1) + hidden * (input_size + 1)
-    activations = batch_size * seq_len * layers * hidden * (gates + 2)
-    needed = 4 * (4 * parameters + activations)
+SIZE_KEYS = ("hidden_size", "num_layers", "embedding_dim", "state_size", "expansion", "ff_mult")
+"""The cell keys that size a network (those its kind has)."""
+
+
+def check_memory(cell: DictConfig, task: object, module: DictConfig) -> None:
+    """Refuse a run whose weights, gradients, optimiser state, one batch's activations and
+    fixed validation set (float32, a lower bound, estimated: nothing is allocated) exceed this
+    machine's memory, naming the key that drives it: the one whose value, set to 1, would save
+    the most."""
+    sizes = {f"cell.{k}": cell.get(k) for k in SIZE_KEYS if cell.get(k) is not None}
+    if cell.get("block") is False or sizes.get("cell.ff_mult") == 0:
+        sizes.pop("cell.ff_mult", None)  # no MLP
+    sizes["module.batch_size"] = module.get("batch_size")
+    sizes["module.val_batches"] = module.get("val_batches", 4)
+    numbers = all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in sizes.values()
+    )
+    if not numbers or any(k not in sizes for k in ("cell.hidden_size", "cell.num_layers")):
+        return  # the constructors name the key
+    needed = memory_needed(cell.get("kind"), sizes, task)
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if needed > available:
-        raise ConfigError(
-            "cell.hidden_size",
-            hidden,
-            f"a size that fits in memory: this run needs at least {needed / 2**30:.3g} GiB, "
-            f"the machine has {available / 2**30:.3g} GiB",
-        )
+    if needed <= available:
+        return
+    key = max(sizes, key=lambda k: needed - memory_needed(cell.get("kind"), sizes | {k: 1}, task))
+    raise ConfigError(
+        key,
+        sizes[key],
+        f"a size that fits in memory: this run needs at least {needed / 2**30:.3g} GiB, "
+        f"the machine has {available / 2**30:.3g} GiB",
+    )
+
+
+def memory_needed(kind: object, sizes: dict[str, float], task: object) -> float:
+    """Bytes a run of ``kind`` with these ``sizes`` holds at least (see check_memory)."""
+    hidden, layers = sizes["cell.hidden_size"], sizes["cell.num_layers"]
+    embedding = sizes.get("cell.embedding_dim", hidden)
+    batch, seq_len = sizes["module.batch_size"], task.seq_len
+    first, per_step = layer_size(kind, sizes, embedding)
+    parameters = first + (layers - 1) * layer_size(kind, sizes, hidden)[0]
+    parameters += embedding * (task.input_size + 1) + (hidden + 1) * task.output_size
+    activations = batch * seq_len * layers * per_step
+    per_position = 16 if task.token_input else 4 * task.input_size + 8  # inputs and targets
+    validation = sizes["module.val_batches"] * batch * seq_len * per_position
+    return 4 * (4 * parameters + activations) + validation
+
+
+def layer_size(kind: object, sizes: dict[str, float], n_in: float) -> tuple[float, float]:
+    """A layer's weights, and the numbers it keeps per sequence and step for the backward
+    pass, for ``n_in`` inputs (a lower bound: biases and norms left out)."""
+    hidden = sizes["cell.hidden_size"]
+    if kind == "lru":
+        state = sizes.get("cell.state_size", hidden)
+        return 4 * state * hidden + 3 * state + 2 * hidden * hidden, 4 * state + 3 * hidden
+    if kind in ("mingru", "minlstm"):
+        state = int(sizes.get("cell.expansion", 1) * hidden)
+        gates = 2 if kind == "mingru" else 3
+        ff = sizes.get("cell.ff_mult", 0)
+        weights = gates * state * min(n_in, hidden) + 2 * ff * hidden * hidden
+        return weights, (gates + 1) * state + ff * hidden
+    if kind == "orthogonal":  # A in float64, and exp(A)
+        return n_in * hidden + 3 * hidden * hidden, 3 * hidden
+    gates = getattr(CELLS.get(kind), "gates", 4)  # 4 for a cell of unknown gate count
+    return gates * hidden * (n_in + hidden + 2), (gates + 2) * hidden

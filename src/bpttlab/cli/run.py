@@ -137,11 +137,21 @@ def _fit(
     # an interrupted run was saved at the batch it stopped after
     if error is None and stop.stopped_at_step is None and trainer.global_step > 0:
         save_atomically(trainer, checkpoint_path(cfg), identity(cfg))
-    log_hparams(trainer, cfg, metrics)
+    try:
+        log_hparams(trainer, cfg, metrics)
+    except Exception as caught:  # TensorBoard cannot write (a full disk): the rest is recorded
+        log.error("TensorBoard's HPARAMS not written", exc_info=True)
+        if error is None:  # else the final line says why the run failed
+            reason = outcome.one_line(caught)
+            print(
+                f"bpttlab-train: error: TensorBoard's HPARAMS not written: {reason}",
+                file=sys.stderr,
+            )
     line = outcome.final_line(metrics, resume_hint(run_dir))
     log.info(line)
     print(f"run dir: {run_dir}\ntensorboard --logdir {shlex.quote(str(run_dir))}\n{line}")
     if error is not None:
+        outcome.mark_reported(error)
         raise error
     return metrics
 

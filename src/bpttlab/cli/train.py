@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import warnings
 from importlib.resources import files
 from typing import Any
@@ -30,7 +31,7 @@ from bpttlab.cli.allocator import keep_freed_memory
 from bpttlab.cli.build import check_config
 from bpttlab.cli.run import train
 from bpttlab.cli.subnormals import flush_subnormals
-from bpttlab.runs import rundir
+from bpttlab.runs import outcome, rundir
 from bpttlab.runs.interrupts import StopOnSignal
 from bpttlab.runs.resume import Finished
 
@@ -72,6 +73,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     # Short runs log less often than log_every_n_steps asks, which is what they should do.
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
     stop = StopOnSignal()
+    threading.excepthook = _thread_failed
+    THREAD_ERRORS.clear()
     try:
         torch.set_num_threads(torch_threads(cfg))
         flush_subnormals(cfg.flush_subnormals)
@@ -84,15 +87,33 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except checks.ConfigError as error:
         print(f"bpttlab-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (Exception, SystemExit):  # SystemExit: Lightning's on a second Ctrl-C
+    except (Exception, SystemExit) as error:  # SystemExit: Lightning's on a second Ctrl-C
         if stop.received is not None:  # the signal ended it: the status a shell gives
             raise SystemExit(128 + signal.Signals[stop.received].value) from None
+        if not outcome.reported(error):  # failed before or while recording its outcome
+            reason = outcome.one_line(error)
+            print(
+                f"bpttlab-train: error: the run in {cfg.run_dir} failed: {reason}", file=sys.stderr
+            )
         if _multirun():  # recorded as failed in its run dir; the sweep goes on
             return DIVERGED_OBJECTIVE
-        raise SystemExit(1) from None  # train() printed the one-line outcome
+        raise SystemExit(1) from None
+    if THREAD_ERRORS:  # nothing else said so
+        print(f"bpttlab-train: error: {THREAD_ERRORS[0]}", file=sys.stderr)
     if stop.received is not None:  # a sweep stops too (also when this run got to finish)
         raise SystemExit(128 + signal.Signals[stop.received].value)  # as a shell says
     return objective(metrics, cfg.optimized_metric)
+
+
+THREAD_ERRORS: list[str] = []
+"""Why threads of this run failed, e.g. TensorBoard's writer on a full disk."""
+
+
+def _thread_failed(args: threading.ExceptHookArgs) -> None:
+    """Keep a failed thread's reason for one line at the end, instead of its traceback now:
+    a run that fails for the same reason says it once."""
+    name = args.thread.name if args.thread is not None else "a thread"
+    THREAD_ERRORS.append(f"{name} failed: {outcome.one_line(args.exc_value)}")
 
 
 def _multirun() -> bool:

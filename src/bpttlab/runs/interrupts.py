@@ -9,6 +9,7 @@ from types import FrameType
 
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 from bpttlab.runs.checkpoint import LastCheckpoint, validation_follows
 
@@ -41,15 +42,16 @@ class StopOnSignal(Checkpoint):
     ``install`` takes over both signals (train() does so before building anything);
     ``on_train_start`` and ``on_validation_start`` take them over again, after Lightning put its
     own SIGTERM handler in for ``fit`` or ``validate`` (it would end the run with a
-    SIGTERMException, a SystemExit, in the middle of the closing validation). A signal during
-    the closing validation lets it finish: the run completes, and the command exits as the
-    signal says. A second signal raises KeyboardInterrupt: the impatient way out.
+    SIGTERMException, a SystemExit). A second signal raises KeyboardInterrupt: the impatient way
+    out. A signal during the validation after training (``trainer.validate``, which may be long)
+    drops it at once and saves the trained state, which a resume validates.
     """
 
     def __init__(self) -> None:
         self.received: str | None = None
         self.stopped_at_step: int | None = None
         self._after_validation = False
+        self._validating: L.Trainer | None = None
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
@@ -66,11 +68,11 @@ class StopOnSignal(Checkpoint):
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        if self._validating is not None:  # the last validation may be long: dropped at once
+            self.stopped_at_step = self._validating.global_step
+            raise Interrupted(f"{self.received} in the validation at step {self.stopped_at_step}")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._take_over()
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._take_over()
 
     def _take_over(self) -> None:
@@ -85,7 +87,18 @@ class StopOnSignal(Checkpoint):
         else:
             self._stop(trainer)
 
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_over()
+        if self.received is None and trainer.state.fn == TrainerFn.VALIDATING:
+            self._validating = trainer  # the validation after training: nothing left to train
+
+    def on_exception(self, trainer: L.Trainer, pl_module: object, exception: BaseException) -> None:
+        if isinstance(exception, Interrupted) and self._validating is not None:
+            self._validating = None
+            self._save(trainer)  # the trained weights, which a resume validates
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validating = None
         if self._after_validation and not trainer.sanity_checking:
             self._after_validation = False
             if not trainer.should_stop:
@@ -98,6 +111,9 @@ class StopOnSignal(Checkpoint):
     def stopped_here(self, trainer: L.Trainer) -> None:
         """Record that the run stopped at this step, and checkpoint it there."""
         self.stopped_at_step = trainer.global_step
+        self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, LastCheckpoint):
                 callback.save(trainer)

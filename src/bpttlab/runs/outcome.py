@@ -23,14 +23,29 @@ TENSORBOARD_STATUS = {
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole: a reader sees the old file or the new one."""
+    """Write ``text`` to ``path`` whole: a reader sees the old file or the new one. A write
+    that fails (a full disk) leaves the old file and no partial one."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     write_atomically(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def mark_reported(error: BaseException) -> None:
+    """Note that the run's final line has told the user about ``error``."""
+    error.bpttlab_reported = True
+
+
+def reported(error: BaseException) -> bool:
+    """Whether the run's final line has told the user about ``error``."""
+    return getattr(error, "bpttlab_reported", False)
 
 
 def one_line(error: BaseException) -> str:

@@ -17,14 +17,23 @@ def run_log(run_dir: Path) -> Iterator[logging.Logger]:
     log = logging.getLogger("bpttlab.run")
     log.setLevel(logging.INFO)
     log.propagate = False  # the console gets the final line by print, once
-    handler = logging.FileHandler(Path(run_dir) / "train.log")
+    handler = QuietFileHandler(Path(run_dir) / "train.log")
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
     log.addHandler(handler)
     try:
         yield log
     finally:
         log.removeHandler(handler)
-        handler.close()
+        with contextlib.suppress(OSError):  # the last flush, on a full disk
+            handler.close()
+
+
+class QuietFileHandler(logging.FileHandler):
+    """A FileHandler that says nothing when its file cannot be written (a full disk): the
+    run's outcome reaches the console anyway, once, instead of a traceback per record."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
 
 class ValidationLog(L.Callback):
