@@ -25,13 +25,20 @@ S = [
     *("trainer.enable_progress_bar=false", "module.val_batches=1"),
 ]
 
+LONG = ["trainer.max_steps=100000", "module.stop_when_solved=false"]  # runs until stopped
+
 pytestmark = pytest.mark.slow
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [CLI, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    """A live ``bpttlab-train``; what it prints goes to ``cwd/output.txt`` (a pipe nobody
+    reads while it runs could fill and stall it)."""
+    output = open(cwd / "output.txt", "w")  # noqa: SIM115 (the child holds it; closed at exit)
+    return subprocess.Popen([CLI, *args], cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+
+
+def printed(cwd: Path) -> str:
+    return (cwd / "output.txt").read_text()
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -45,7 +52,7 @@ def wait_for(sweep: Path, pattern: str, process: subprocess.Popen) -> Path:
         found = sorted(sweep.glob(pattern))
         if found:
             return found[0]
-        assert process.poll() is None, process.communicate()
+        assert process.poll() is None, printed(sweep.parent)[-3000:]  # cwd: the sweep dir's parent
         time.sleep(0.02)
     raise AssertionError(f"no {pattern} in {sweep}")
 
@@ -72,9 +79,7 @@ def test_a_second_sweep_into_a_sweep_dir_is_refused_before_it_writes(tmp_path):
     exit 2, and D's files are as they were: its multirun.yaml, its jobs' Hydra records. Once
     the first has stopped, a new sweep into D is still refused: resume=true continues it."""
     sweep = tmp_path / "sweep"
-    first = start(
-        ["-m", *S, "trainer.max_steps=100000", "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path
-    )
+    first = start(["-m", *S, *LONG, "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path)
     job = wait_for(sweep, "0_*/config.yaml", first).parent  # job 0 is training
     record = {p: p.read_bytes() for p in [sweep / "multirun.yaml", *job.glob(".hydra/*")]}
     assert len(record) == 4
@@ -85,7 +90,7 @@ def test_a_second_sweep_into_a_sweep_dir_is_refused_before_it_writes(tmp_path):
     assert {p: p.read_bytes() for p in record} == record
     assert sorted(p.name for p in sweep.iterdir()) == [".lock", job.name, "multirun.yaml"]
     first.send_signal(signal.SIGINT)
-    assert first.wait(timeout=600) == 130
+    assert first.wait(timeout=600) == 130, printed(tmp_path)[-3000:]
     before = files(sweep)
     third = run(["-m", *S, "seed=2,3", f"hydra.sweep.dir={sweep}"], tmp_path)
     refused(third, "hydra.sweep.dir", "holds no sweep yet (this one does: add resume=true")
@@ -102,7 +107,7 @@ def test_an_interrupted_sweep_resumes_as_documented(tmp_path):
     process = start(args, tmp_path)
     wait_for(sweep, "1_*/config.yaml", process)
     process.send_signal(signal.SIGINT)
-    assert process.wait(timeout=600) == 130
+    assert process.wait(timeout=600) == 130, printed(tmp_path)[-3000:]
     job0, job1 = sorted(sweep.glob("[01]_*"))
     assert [r.status for r in read_runs(sweep)] == ["completed", "interrupted"]
     finished, record = files(job0), files(job1 / ".hydra")
@@ -130,9 +135,8 @@ def test_the_resume_command_a_sweep_job_prints_works_as_printed(tmp_path):
     process = start(["-m", *S, "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path)
     job = wait_for(sweep, "0_*/config.yaml", process).parent
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=600)
-    assert process.returncode == 130, err[-2000:]
-    (line,) = [x for x in out.splitlines() if "resume with: " in x]
+    assert process.wait(timeout=600) == 130, printed(tmp_path)[-3000:]
+    (line,) = [x for x in printed(tmp_path).splitlines() if "resume with: " in x]
     command = shlex.split(line.split("resume with: ", 1)[1])
     assert command[0] == "bpttlab-train" and "-m" not in command
     assert "seed=0" in command and "seed=0,1" not in command
@@ -148,7 +152,7 @@ def test_a_job_killed_by_the_system_is_reported_failed(tmp_path):
     a resume of the sweep is refused (the run cannot continue: no checkpoint), in one line,
     before anything is written."""
     sweep = tmp_path / "sweep"
-    args = ["-m", *S, "trainer.max_steps=100000", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", *S, *LONG, "seed=0,1", f"hydra.sweep.dir={sweep}"]
     args += ["callbacks.checkpoint.every_n_train_steps=100000"]  # killed before a checkpoint
     process = start(args, tmp_path)
     job = wait_for(sweep, "0_*/config.yaml", process).parent
