@@ -1,5 +1,6 @@
 """The library's core imports nothing of the command line, and the package stays small."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -48,4 +49,13 @@ def test_no_module_is_over_300_lines():
         for p in PACKAGE.rglob("*.py")
         if (n := len(p.read_text().splitlines())) > 300
     }
+    assert long == {}
+
+
+def test_no_class_is_over_150_lines():
+    long = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 150:
+                long[f"{path.relative_to(PACKAGE)}:{node.name}"] = node.end_lineno - node.lineno + 1
     assert long == {}
