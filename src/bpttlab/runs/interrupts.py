@@ -5,6 +5,7 @@ as an interruption that can be resumed."""
 from __future__ import annotations
 
 import signal
+import sys
 from types import FrameType
 
 import lightning as L
@@ -68,6 +69,12 @@ class StopOnSignal(Checkpoint):
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        print(
+            f"bpttlab-train: {self.received}: stopping after the batch or validation in flight "
+            "(again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
         if self._validating is not None:  # the last validation may be long: dropped at once
             self.stopped_at_step = self._validating.global_step
             raise Interrupted(f"{self.received} in the validation at step {self.stopped_at_step}")
