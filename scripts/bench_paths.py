@@ -177,7 +177,7 @@ def fit_bpttlab(
     fit = time.perf_counter() - start
     if module.batches != batches:
         raise RuntimeError(f"bpttlab trained {module.batches} batches, not {batches}")
-    probed = {step for c in callbacks if isinstance(c, GradientFlow) for step in c.history_steps}
+    probed = {step for c in callbacks if isinstance(c, GradientFlow) for step in c.probed_steps}
     return Timing(timer.seconds, fit, timer.batches, [s in probed for s in timer.steps])
 
 
@@ -191,7 +191,7 @@ def run_bpttlab(
             return fit_bpttlab(module, batches, root)
         flow = GradientFlow(every_n_steps=cfg.gradflow_every, save_dir=f"{root}/grad_flow")
         timing = fit_bpttlab(module, batches, root, (flow,))
-        timing.probes = list(flow.history_steps)
+        timing.probes = list(flow.probed_steps)
         return timing
 
 

@@ -76,6 +76,11 @@ class GradientFlow(L.Callback):
             )
         self.profile_dir = self.save_dir or fit_log_dir(trainer) / "grad_flow"
 
+    @property
+    def probed_steps(self) -> list[int]:
+        """The training steps probed so far, in order."""
+        return list(self.figures.steps)
+
     def state_dict(self) -> dict[str, object]:
         """The probe history, so that a resumed run's heatmaps continue where they stopped."""
         rows = self.figures.history.items()
