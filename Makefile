@@ -1,5 +1,5 @@
 # make train: set up .venv if needed and run the default experiment (ARGS="key=value ..." for overrides)
-# make test:  set up .venv if needed and run the whole test suite
+# make test:  set up .venv if needed and run the whole test suite (one worker per core)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,7 +19,7 @@ train: install
 	$(BIN)/bpttlab-train $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
