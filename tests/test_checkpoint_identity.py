@@ -188,38 +188,24 @@ def signalling(callback: type[L.Callback], *settings: str) -> str:
 
 
 @pytest.mark.slow
-def test_sigterm_in_the_closing_validation_is_an_interruption_that_resumes(tmp_path):
-    """The last step is 3, validations every 2: the run ends with a validation of its own,
-    which a SIGTERM drops at once (it may be long): the run is interrupted at step 3 with its
-    trained state saved, the command exits 143, as a shell says of a command that SIGTERM
-    ended, and the resume runs the closing validation and completes."""
+@pytest.mark.parametrize(
+    "sender",
+    [SigtermInClosingValidation, SigtermAsClosingValidationStarts],
+    ids=["in-the-validation", "as-lightning-catches-it"],
+)
+def test_sigterm_in_the_closing_validation_is_an_interruption_that_resumes(tmp_path, sender):
+    """The last step is 3, validations every 2: the run ends with a validation of its own. A
+    SIGTERM in it (or as it starts, when Lightning's handler sees it too and ends the validation
+    with its SIGTERMException, a SystemExit) drops that validation at once (it may be long):
+    the run is interrupted at step 3 with its trained state saved, the command exits 143, as a
+    shell says of a command that SIGTERM ended, and the resume validates and completes."""
     run_dir = tmp_path / "run"
-    sigterm = signalling(SigtermInClosingValidation, f"sent:{tmp_path}/sent")
+    sigterm = signalling(sender, f"sent:{tmp_path}/sent")
     args = [*ARGS, "module.val_batches=3", sigterm, f"hydra.run.dir={run_dir}"]
     result = cli(args, tmp_path, PYTHONPATH=TESTS)
     assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["steps"] == 3
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == 3
-    resumed = cli([*args, "resume=true"], tmp_path, PYTHONPATH=TESTS)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed" and metrics["steps"] == 3
-    assert "validation at step 3" in (run_dir / "train.log").read_text()
-
-
-@pytest.mark.slow
-def test_sigterm_as_lightning_catches_it_is_an_interruption_that_resumes(tmp_path):
-    """A SIGTERM that Lightning's handler sees too (it ends the validation with its
-    SIGTERMException, a SystemExit): recorded as interrupted, exit 143, checkpointed at the
-    last step; the resume runs the closing validation and completes."""
-    run_dir = tmp_path / "run"
-    sigterm = signalling(SigtermAsClosingValidationStarts, f"sent:{tmp_path}/sent")
-    args = [*ARGS, "module.val_batches=3", sigterm, f"hydra.run.dir={run_dir}"]
-    result = cli(args, tmp_path, PYTHONPATH=TESTS)
-    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
-    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"
     assert result.stdout.strip().splitlines()[-1].startswith("interrupted at step 3; resume with")
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 3
