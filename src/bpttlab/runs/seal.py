@@ -48,8 +48,13 @@ def _feed(sha: Any, node: Any) -> None:
 
 def sealed(checkpoint: dict[str, Any], identity: dict[str, Any] | None) -> dict[str, Any]:
     """``checkpoint`` with its seal: ``identity`` and the digest of its other entries."""
-    contents = {key: value for key, value in checkpoint.items() if key != SEAL}
+    contents = unsealed(checkpoint)
     return contents | {SEAL: {"identity": identity, "sha256": digest(contents)}}
+
+
+def unsealed(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """Every entry of ``checkpoint`` but its seal: what the seal's digest covers."""
+    return {key: value for key, value in checkpoint.items() if key != SEAL}
 
 
 def seal_problem(checkpoint: Any, identity: dict[str, Any]) -> str | None:
@@ -57,8 +62,7 @@ def seal_problem(checkpoint: Any, identity: dict[str, Any]) -> str | None:
     seal = checkpoint.get(SEAL) if isinstance(checkpoint, dict) else None
     if not isinstance(seal, dict) or not isinstance(seal.get("sha256"), str):
         return "it carries no checksum and no run identity (not a checkpoint bpttlab wrote)"
-    contents = {key: value for key, value in checkpoint.items() if key != SEAL}
-    if digest(contents) != seal["sha256"]:
+    if digest(unsealed(checkpoint)) != seal["sha256"]:
         return "it is damaged: its contents do not match the checksum written with them"
     if seal.get("identity") != identity:
         return f"it belongs to {describe(seal.get('identity'))}, not to this {describe(identity)}"
