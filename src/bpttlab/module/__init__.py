@@ -142,6 +142,9 @@ class SequenceModule(L.LightningModule):
         clipped_fraction = self.clipped_updates / self.updates
         self.scalars.add(self.trainer, self.batches, *updates.scalars(), clipped_fraction)
 
+    def on_train_start(self) -> None:
+        self.scalars.start(self.trainer)
+
     def on_train_end(self) -> None:
         self.scalars.log_unlogged(self.loggers)  # a fit shorter than log_every_n_steps too
 

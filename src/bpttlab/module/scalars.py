@@ -20,7 +20,9 @@ class TrainingScalars:
       every step so far.
 
     Every batch they enter ``trainer.callback_metrics`` as tensors, without a device sync, for
-    callbacks that monitor them (ModelCheckpoint, EarlyStopping). Every ``log_every_n_steps``
+    callbacks that monitor them (ModelCheckpoint, EarlyStopping). ``start`` takes that dict once
+    a fit's training starts, after the last of Lightning's resets of it (around the sanity
+    check): reading the property every batch cost more than the rest of the reporting. Every ``log_every_n_steps``
     batches, and at the end of the fit, they are written to every logger of the Trainer. They
     go to the loggers directly, as Lightning's own LearningRateMonitor does, not by ``self.log``:
     that costs time per key and per batch, and logs at Lightning's count of batches, not at the
@@ -31,6 +33,13 @@ class TrainingScalars:
         self.baseline_loss = baseline_loss
         self.progress: dict[str, str] = {}  # the last logged loss, for the progress bar
         self._unlogged: tuple[int, Tensor, Tensor, float, float] | None = None
+        self._callback_metrics: dict = {}
+        self._log_every = 0
+
+    def start(self, trainer) -> None:
+        """Report to ``trainer`` from now on; called as its training starts."""
+        self._callback_metrics = trainer.callback_metrics
+        self._log_every = trainer.log_every_n_steps
 
     def add(
         self,
@@ -42,17 +51,17 @@ class TrainingScalars:
         clipped_fraction: float,
     ) -> None:
         """The scalars of the batch that just ran, the ``batches``-th of the run."""
-        trainer.callback_metrics.update(
+        self._callback_metrics.update(
             {
                 "train/loss": loss,
                 "train/normalized_loss": loss / self.baseline_loss,
                 "train/grad_norm": grad_norm,
-                "train/clipped": torch.tensor(clipped),
-                "train/clipped_fraction": torch.tensor(clipped_fraction),
+                "train/clipped": torch.scalar_tensor(clipped),
+                "train/clipped_fraction": torch.scalar_tensor(clipped_fraction),
             }
         )
         self._unlogged = trainer.global_step, loss, grad_norm, clipped, clipped_fraction
-        every = trainer.log_every_n_steps
+        every = self._log_every
         if every > 0 and batches % every == 0:
             self.log_unlogged(trainer.loggers)
 
