@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python scripts/bench.py
 	$(BIN)/python scripts/bench_cells.py --device cpu --kernels-only --cells rnn,gru,lstm
 	$(BIN)/python scripts/bench_runs.py
+	$(BIN)/python scripts/bench_scalars.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

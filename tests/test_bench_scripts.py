@@ -176,6 +176,10 @@ def test_a_page_that_cannot_take_the_blocks_is_refused_in_one_line_before_anythi
             {"lru-scan": ["scan", "best ms", "speed-up over step loop"]},
         ),
         (
+            ["bench_scalars.py", "--quick"],
+            {"scalars": ["reporting path", "µs per batch", "batch µs", "share of a batch"]},
+        ),
+        (
             ["bench_runs.py", "--quick", "--sections", "startup"],
             {"startup": ["launch", "median s", "ratio", "target"]},
         ),
