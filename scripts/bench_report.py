@@ -97,10 +97,14 @@ def environment_lines(env: dict) -> str:
 
 
 def command_line(argv: list[str]) -> str:
-    """The command as typed from the repository root; paths under the working directory are
-    shown relative to it, so that no machine's own paths reach the page."""
-    shown = []
+    """The command as typed from the repository root, less ``--json PATH`` (where one machine
+    kept its raw results); paths under the working directory are shown relative to it, so
+    that no machine's own paths reach the page."""
+    shown, skip = [], False
     for arg in argv:
+        if skip or arg == "--json" or arg.startswith("--json="):
+            skip = arg == "--json"
+            continue
         path = Path(arg)
         if path.is_absolute() and path.is_relative_to(Path.cwd()):
             arg = str(path.relative_to(Path.cwd()))

@@ -84,7 +84,8 @@ def test_write_docs_replaces_each_block_appends_a_missing_one_and_leaves_the_res
             for name in ("kernels", "sweep")
         ]
 
-    write_docs(page, sections("1.25"), ["--write-docs", str(page)], env)
+    argv = ["--write-docs", str(page), "--json", str(tmp_path / "raw.json")]
+    write_docs(page, sections("1.25"), argv, env)
     first = page.read_text()
     assert outside(first) == outside(PAGE)
     assert block(first, "training") == "old training figures"
@@ -93,6 +94,7 @@ def test_write_docs_replaces_each_block_appends_a_missing_one_and_leaves_the_res
         assert table(content) == [{"variant": "a \\| b", "ratio": "1.25"}]
         assert content.startswith(f"**{name} title**") and "a note" in content
         assert f"`python scripts/{Path(sys.argv[0]).name} --write-docs " in content
+        assert "--json" not in content and "raw.json" not in content
     assert first.index("<!-- bench:sweep -->") > first.index("Text after the blocks.")
 
     write_docs(page, sections("0.50"), [], env)

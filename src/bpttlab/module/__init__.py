@@ -85,9 +85,7 @@ class SequenceModule(L.LightningModule):
         self.progress = self.scalars.progress  # what the progress bar shows of training
         self.batches = self.updates = self.clipped_updates = 0
         self.val_metrics: dict[str, float] = {}
-        self.val_step: int | None = None
-        self.solved_at_step: int | None = None
-        self.diverged_at_step: int | None = None
+        self.val_step = self.solved_at_step = self.diverged_at_step = None  # steps, once known
 
     # -- data --------------------------------------------------------------------------------
     def train_batch(self, step: int) -> Batch:
@@ -112,8 +110,7 @@ class SequenceModule(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------------
     def trace_next_step(self, probe: TraceHook) -> None:
-        """Trace the next training step, with ``probe`` (reading gradients only) on every
-        Trace."""
+        """Trace the next training step, with ``probe`` (reading gradients only) on each Trace."""
         self._next_hooks.append(probe)
 
     def window_losses(self, batch: Batch, windows: list[Window], probes=()) -> Iterator[Tensor]:
