@@ -91,6 +91,17 @@ def test_a_task_of_your_own_and_the_options_of_your_cell(tmp_path):
     done = cli([*chosen, *small, f"hydra.run.dir={run_dir}"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert saved(run_dir)["task"] == {"_target_": "my_tasks.FirstTokenTask", "gap": 5}
+    elsewhere = tmp_path / "elsewhere"  # where my_tasks cannot be imported
+    elsewhere.mkdir()
+    report = subprocess.run(
+        [str(Path(CLI).parent / "bpttlab-report"), str(run_dir), "--out", str(elsewhere / "r")],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (elsewhere / "r" / "report.csv").exists()
 
     refused = {
         "cell.leak=1.5": "cell: cannot be built from this config: leak=1.5 is invalid",
