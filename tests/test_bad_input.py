@@ -155,8 +155,14 @@ BAD = [
     ("hparams_search=optuna hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials"),
     ("hparams_search=optuna hydra.sweeper.direction=sideways", "hydra.sweeper.direction"),
     ("-m hydra/launcher=joblib hydra.launcher.backend=nonsense seed=1,2", "hydra.launcher.backend"),
+    # your own modules
+    ("imports=[no_such_module_of_yours]", "imports"),
+    ("imports=[os.path,no_such_module_of_yours]", "imports"),
+    ("imports=5", "imports"),
+    ("-m imports=[os],[json] seed=1,2", "imports"),
 ]
 SUBPROCESS = {
+    "imports=[no_such_module_of_yours]",
     "'task.gap=[1,2'",
     "-m task=copy,temporal_order task.gap=12,5,14",
     "hydra.run.dir=live",

@@ -1,7 +1,10 @@
 """Paired comparisons across seeds: ``bpttlab-report DIR --compare KEY=A,B``.
 
-Two runs pair when their configs are the same except for KEY (A in one, B in the other) and
-where they write, with the same seed. Pairs with the same config otherwise form one
+KEY is a config key (``cell.init``, ``bptt.truncation``) or a config group (``cell``, ``task``),
+written as the sweep was. Two runs pair when they have the same seed and their configs are the
+same except for KEY (A in one, B in the other), where they write, and, when KEY is a group
+(or a key its option sets), the keys of the group that only follow from its option (a cell's
+own defaults); see ``pairing_context``. Pairs with the same config otherwise form one
 comparison (say, one per task and gap). For each: the per-seed differences B - A of the final
 normalised loss (pairs where both runs have one) and of solved_at_step (pairs where both
 solved), each with an exact two-sided sign test and Wilcoxon signed-rank test; with fewer
@@ -105,21 +108,44 @@ class Comparison:
     solved_b: str
 
 
+def pairing_context(run: Run, key: str) -> tuple[tuple[str, str], ...]:
+    """What a run must share with the run it pairs with: its config and group options but for
+    the seed, where it writes and ``key``. When ``key`` is a group (``cell``) or a key that its
+    group's option sets (``cell.kind``, not set on the command line), that option and the keys
+    it sets (``cell.nonlinearity``) are left out too; keys set on the command line stay."""
+    group = key.split(".", 1)[0]
+    follows = group in run.choices and (key == group or key not in run.overridden)
+    kept = [
+        (k, v)
+        for k, v in run.identity(key)
+        if not (follows and k.startswith(group + ".") and k not in run.overridden)
+    ]
+    options = [
+        (f"{g} (group)", o) for g, o in sorted(run.choices.items()) if not follows or g != group
+    ]
+    return tuple(kept + options)
+
+
 def compare(runs: list[Run], key: str, a: str, b: str) -> list[Comparison]:
-    """Pair the finished runs by seed across KEY = A and KEY = B; one Comparison per context.
-    Raises ValueError when no run has KEY or no pair is found."""
+    """Pair the finished runs by seed across KEY = A and KEY = B (a config key, or a config
+    group such as ``cell``); one Comparison per context. Raises ValueError when no run has KEY
+    or no pair is found, saying why."""
     finished = [r for r in runs if r.finished]
-    if not any(key in r.config for r in finished):
-        raise ValueError(f"--compare: no run has the config key {key!r}")
+    if not any(key in r.config or key in r.choices for r in finished):
+        groups = sorted({g for r in finished for g in r.choices})
+        known = (
+            f" (config groups: {', '.join(groups)}; or a key such as cell.kind)" if groups else ""
+        )
+        raise ValueError(f"--compare: no run has the config key or group {key!r}{known}")
     sides: dict[tuple, dict[str, dict[Any, Run]]] = {}
     for run in finished:
-        spec = which(run.config[key], a, b) if key in run.config else None
+        spec = which(run.setting(key), a, b) if key in run.config or key in run.choices else None
         if spec is None:
             continue
-        sides.setdefault(run.identity(key), {a: {}, b: {}})[spec][run.seed] = run
+        sides.setdefault(pairing_context(run, key), {a: {}, b: {}})[spec][run.seed] = run
     contexts = [(ident, s) for ident, s in sides.items() if set(s[a]) & set(s[b])]
     if not contexts:
-        raise ValueError(f"--compare: no seed has runs with both {key}={a} and {key}={b}")
+        raise ValueError("--compare: " + unpaired(finished, key, a, b))
     groups = [Group([next(iter(s[a].values()))]) for _, s in contexts]
     columns = varying(groups, key)
     comparisons = []
@@ -138,6 +164,42 @@ def compare(runs: list[Run], key: str, a: str, b: str) -> list[Comparison]:
             )
         )
     return comparisons
+
+
+def unpaired(runs: list[Run], key: str, a: str, b: str) -> str:
+    """Why no run with KEY = A pairs with a run with KEY = B, naming the keys that differ."""
+    side = {spec: [r for r in runs if which(r.setting(key), a, b) == spec] for spec in (a, b)}
+    head = f"no seed has runs with both {key}={a} and {key}={b}"
+    for spec in (a, b):
+        if not side[spec]:
+            values = sorted({spelled(r.setting(key)) for r in runs if r.setting(key) is not None})
+            return f"{head}: no finished run has {key}={spec} (they have {', '.join(values)})"
+    seeds = {spec: {json.dumps(r.seed) for r in side[spec]} for spec in (a, b)}
+    if not seeds[a] & seeds[b]:
+        listed = [f"{key}={spec} has seeds {' '.join(sorted(seeds[spec]))}" for spec in (a, b)]
+        return f"{head}: {'; '.join(listed)}"
+    pairs = [(x, y) for x in side[a] for y in side[b] if x.seed == y.seed]
+    differing = [_differences(pairing_context(x, key), pairing_context(y, key)) for x, y in pairs]
+    (x, y), keys = min(zip(pairs, differing, strict=True), key=lambda pair: len(pair[1]))
+    shown = ", ".join(keys[:MAX_KEYS]) + (
+        f" and {len(keys) - MAX_KEYS} more" if keys[MAX_KEYS:] else ""
+    )
+    return (
+        f"no run with {key}={a} pairs with a run with {key}={b}: runs pair when they have the "
+        f"same seed and agree on every other key; the closest, {x.path.name} and {y.path.name} "
+        f"(seed {x.seed}), differ in {shown}"
+    )
+
+
+MAX_KEYS = 6
+"""Differing keys a message names; the rest are counted."""
+
+
+def _differences(x: tuple, y: tuple) -> list[str]:
+    """``key: A-value vs B-value`` for each key whose value differs between two contexts."""
+    first, second = dict(x), dict(y)
+    keys = sorted(k for k in first.keys() | second.keys() if first.get(k) != second.get(k))
+    return [f"{k}: {first.get(k, 'absent')} vs {second.get(k, 'absent')}" for k in keys]
 
 
 def _show(run: Run, column: str) -> Any:

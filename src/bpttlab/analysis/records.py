@@ -77,6 +77,10 @@ class Run:
     config: dict[str, Any]
     metrics: dict[str, Any]
     problem: str | None = None
+    choices: dict[str, str] = field(default_factory=dict)
+    """The option of each config group it was composed from (``{"cell": "gru"}``)."""
+    overridden: tuple[str, ...] = ()
+    """The keys and groups its command line set (``cell``, ``task.gap``, ``seed``)."""
     hparams: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,6 +102,10 @@ class Run:
     @property
     def seed(self) -> Any:
         return self.config.get("seed", self.metrics.get("seed"))
+
+    def setting(self, key: str) -> Any:
+        """A group's option (``cell``: ``gru``), else the config key's value (None if absent)."""
+        return self.choices[key] if key in self.choices else self.config.get(key)
 
     def identity(self, *without: str) -> tuple[tuple[str, str], ...]:
         """The config without ``seed``, the path-like and runtime keys and ``without``: equal
@@ -136,26 +144,44 @@ def read_run(run_dir: Path) -> Run:
     config = read_config(run_dir / "config.yaml") or read_config(
         run_dir / HYDRA_RECORD / "config.yaml", run_dir
     )
+    chosen = read_choices(run_dir / HYDRA_RECORD)
     if live_pid(run_dir) is not None:
-        return Run(run_dir, config, {"status": "running"})
+        return Run(run_dir, config, {"status": "running"}, None, *chosen)
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.exists():
-        return Run(run_dir, config, {"status": "failed", "error": NO_OUTCOME})
+        return Run(run_dir, config, {"status": "failed", "error": NO_OUTCOME}, None, *chosen)
     try:
         metrics = json.loads(metrics_file.read_text())
         if not isinstance(metrics, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as error:
         reason = " ".join(str(error).split())
-        return Run(run_dir, config, {}, f"unreadable metrics.json ({reason})")
+        return Run(run_dir, config, {}, f"unreadable metrics.json ({reason})", *chosen)
     bad = [
         f"{key} = {json.dumps(metrics[key])} (a run writes {accepts})"
         for key, (valid, accepts) in CHECKS.items()
         if key in metrics and not valid(metrics[key])
     ]
     if bad:
-        return Run(run_dir, config, {}, "invalid metrics.json: " + "; ".join(bad))
-    return Run(run_dir, config, metrics)
+        return Run(run_dir, config, {}, "invalid metrics.json: " + "; ".join(bad), *chosen)
+    return Run(run_dir, config, metrics, None, *chosen)
+
+
+def read_choices(record: Path) -> tuple[dict[str, str], tuple[str, ...]]:
+    """From Hydra's record of a job: the option of each config group it was composed from
+    (Hydra's own groups left out), and the keys its command line set. Empty without one."""
+    try:
+        choices = OmegaConf.load(record / "hydra.yaml").hydra.runtime.choices
+        overrides = OmegaConf.to_container(OmegaConf.load(record / "overrides.yaml"))
+        options = {
+            str(group): str(option)
+            for group, option in OmegaConf.to_container(choices).items()
+            if option is not None and not str(group).startswith("hydra/")
+        }
+        keys = tuple(str(line).split("=", 1)[0].lstrip("+~") for line in overrides)
+    except Exception:  # no record, or one that cannot be read: the config alone tells
+        return {}, ()
+    return options, keys
 
 
 def read_config(path: Path, run_dir: Path | None = None) -> dict[str, Any]:

@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         "--compare",
         metavar="KEY=A,B",
         default=None,
-        help="pair runs by seed across two values of a config key, e.g. cell.init=default,chrono",
+        help="pair runs by seed across two values of a config group or key, as the sweep "
+        "wrote them, e.g. cell=rnn,gru or cell.init=default,chrono",
     )
     args = parser.parse_args(argv)
     if not args.path.is_dir():

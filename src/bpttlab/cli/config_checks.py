@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bpttlab.cells import CELLS
 from bpttlab.checks import ConfigError, boolean, choice, integer, positive
+from bpttlab.cli.imports import module_names
 from bpttlab.runs.rundir import check_writable
 
 METRICS = (
@@ -47,6 +48,7 @@ the slack and the floor); tens of thousands exhaust what the OS lets one process
 
 def check_top_level(cfg: DictConfig) -> None:
     boolean("resume", cfg.get("resume", False))
+    module_names(cfg.get("imports", []))
     boolean("flush_subnormals", cfg.get("flush_subnormals", True))
     boolean("keep_freed_memory", cfg.get("keep_freed_memory", True))
     boolean("compiled_kernels", cfg.get("compiled_kernels", True))

@@ -38,10 +38,19 @@ def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
     for name, key in KEYS.items():
         value = OmegaConf.select(cfg, key, default=None)
         if name == "task" and isinstance(value, str):
-            value = getattr(get_class(value), "name", value)
+            value = task_name(value)
         if name == "optim" and isinstance(value, str):
             value = value.rsplit(".", 1)[-1].lower()
         if name in ("truncation", "update_every"):
             value = FULL if value is None else str(value)
         values[name] = value
     return values
+
+
+def task_name(target: str) -> str:
+    """A task's ``name`` from its class path; the class's own name where its module cannot be
+    imported here (a user's task, read by a report run from another directory)."""
+    try:
+        return getattr(get_class(target), "name", target)
+    except Exception:  # Hydra wraps the ImportError in its own exception types
+        return target.rsplit(".", 1)[-1]

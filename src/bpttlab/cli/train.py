@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from bpttlab import checks
 from bpttlab.cells.kernels.compiled import use_compiled
-from bpttlab.cli import command_line, preflight
+from bpttlab.cli import command_line, imports, preflight
 from bpttlab.cli.allocator import keep_freed_memory
 from bpttlab.cli.build import check_config
 from bpttlab.cli.run import train
@@ -75,7 +75,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     stop = StopOnSignal()
     threading.excepthook = _thread_failed
     THREAD_ERRORS.clear()
-    try:
+    try:  # a launcher's worker is a process of its own: it imports them too
+        names = imports.module_names(cfg.get("imports", []))
+        imports.import_modules(names, HydraConfig.get().runtime.cwd, CONFIG_DIR)
         torch.set_num_threads(torch_threads(cfg))
         flush_subnormals(cfg.flush_subnormals)
         keep_freed_memory(cfg.get("keep_freed_memory", True))
@@ -124,6 +126,8 @@ def main() -> None:
     """Console entry point: check the command line in one line per error, then run Hydra."""
     try:
         args = command_line.hydra_arguments(sys.argv[1:])
+        overrides = [a for a in sys.argv[1:] if not a.startswith("-")]
+        imports.import_modules(imports.requested(overrides), os.getcwd(), CONFIG_DIR)
         if args is not None:  # None: --help, --cfg, --info and the like, which run nothing
             command_line.check_command_line(args, CONFIG_DIR, "train", check_config)
             preflight.check_run_dirs(args, CONFIG_DIR, "train")

@@ -18,9 +18,20 @@ from bpttlab.runs.checkpoint import LAST
 from bpttlab.runs.outcome import final_line, one_line
 from bpttlab.runs.seal import seal_problem
 
-MAY_CHANGE = ("trainer.max_steps", "resume", "keep_freed_memory")
-"""Keys a resumed run may set differently from the run it continues: the budget, and settings
-that change only its speed."""
+MAY_CHANGE = (
+    *("trainer.max_steps", "resume", "keep_freed_memory"),
+    *("trainer.enable_progress_bar", "callbacks.progress_bar"),
+    *("trainer.log_every_n_steps", "callbacks.grad_flow.figures_every_n_steps"),
+)
+"""Keys (and the keys under them) a resumed run may set differently from the run it continues:
+the budget, and settings that change what it shows, how often, or how fast it runs, but no
+number it computes (a resume ends bit-identical to a run never interrupted). Not ``threads``
+nor ``compiled_kernels``: they change float32 rounding (docs/safety.md)."""
+
+
+def may_change(key: str) -> bool:
+    """Whether a resume may set ``key`` (a dotted config key) differently: see MAY_CHANGE."""
+    return any(key == k or key.startswith(k + ".") for k in MAY_CHANGE)
 
 
 def checkpoint_path(cfg: DictConfig) -> Path:
@@ -44,14 +55,14 @@ def differing_keys(saved: DictConfig, cfg: DictConfig) -> list[str]:
     old = flat(OmegaConf.to_container(saved, resolve=True))
     new = flat(OmegaConf.to_container(cfg, resolve=True))
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k, ...) != new.get(k, ...))
-    return [k for k in keys if k not in MAY_CHANGE]
+    return [k for k in keys if not may_change(k)]
 
 
 def identity(cfg: DictConfig) -> dict[str, Any]:
     """What a checkpoint records of the run that writes it: the run dir's name, the seed and a
     digest of the resolved config but for MAY_CHANGE."""
     resolved = flat(OmegaConf.to_container(cfg, resolve=True))
-    settings = {k: v for k, v in resolved.items() if k not in MAY_CHANGE}
+    settings = {k: v for k, v in resolved.items() if not may_change(k)}
     text = json.dumps(settings, sort_keys=True, default=repr)
     config = hashlib.sha256(text.encode()).hexdigest()[:16]
     return {"run": Path(cfg.run_dir).name, "seed": cfg.seed, "config": config}
@@ -93,7 +104,8 @@ def check_resume(cfg: DictConfig) -> Path:
         raise ConfigError(
             "resume",
             True,
-            "the run's own config (only trainer.max_steps may change); this command changes "
+            "the run's own config (only trainer.max_steps and settings that change no number "
+            "may change: docs/safety.md lists them); this command changes "
             + ", ".join(differences),
         )
     metrics = finished_metrics(run_dir)

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf, open_dict
 
 from bpttlab.checks import ConfigError
 from bpttlab.runs.outcome import one_line
-from bpttlab.runs.resume import MAY_CHANGE, check_resume
+from bpttlab.runs.resume import check_resume, may_change
 from bpttlab.runs.rundir import holds_run, run_dirs
 
 SWEEP_RECORD = "multirun.yaml"
@@ -43,7 +43,7 @@ def recorded_overrides(sweep_dir: Path) -> list[str]:
 
 def resumable_overrides(lines: list[str]) -> list[str]:
     """``lines`` without the overrides of the keys that a resume may change."""
-    return [line for line in lines if line.split("=", 1)[0].lstrip("+~") not in MAY_CHANGE]
+    return [line for line in lines if not may_change(line.split("=", 1)[0].lstrip("+~"))]
 
 
 def check_sweep_resume(sweep_dir: Path, overrides: list[str]) -> None:
@@ -66,7 +66,8 @@ def check_sweep_resume(sweep_dir: Path, overrides: list[str]) -> None:
         raise ConfigError(
             "resume",
             True,
-            "the sweep's own overrides, in their order (only trainer.max_steps may change; "
+            "the sweep's own overrides, in their order (only trainer.max_steps and settings "
+            "that change no number may change, docs/safety.md; "
             f"{SWEEP_RECORD} records them); this command "
             + (", ".join(changes) or "reorders them (the order numbers the jobs)"),
         )
