@@ -29,6 +29,8 @@ from bpttlab.gradflow.figures import readable_log_axis, shade_landmarks
 from bpttlab.gradflow.history import RunProfiles, load_run, profile_files
 from bpttlab.runs.rundir import HYDRA_RECORD
 
+LANDMARK_GREYS = ("0.85", "0.6", "0.92")
+"""Landmarks in greys, so that no shading takes the colour of a curve's band."""
 STATE = "h_layer0"
 """The state whose profiles are drawn."""
 ABSENT = object()
@@ -199,7 +201,7 @@ def overlay_figure(overlay: Overlay) -> Figure:
             for boundary in curve.data[0].boundaries:
                 ax.axvline(boundary - 0.5, color=colour, linestyle=":", linewidth=0.8)
         if len(shared) == 1:
-            shade_landmarks(ax, curves[0].data[0].landmarks)
+            shade_landmarks(ax, curves[0].data[0].landmarks, LANDMARK_GREYS)
         readable_log_axis(ax.yaxis)
         ax.set(title=title, xlabel="timestep k")
         ax.legend(fontsize=9)

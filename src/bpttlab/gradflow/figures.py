@@ -17,17 +17,18 @@ FAMILY = "z_grad_flow"
 """The TensorBoard tags' prefix of every figure and scalar GradientFlow logs. TensorBoard's Time
 Series sorts tag families by name and opens the first two: this one sorts after ``train/`` and
 ``val/``, so that the loss curves, not one-point probe statistics, fill its first screen."""
-CARD_INCHES, CARD_DPI = (8.0, 3.84), 125
-"""TensorBoard figures: 1000 x 480 pixels. TensorBoard shrinks an image to the width of its
-card, so what keeps text readable there is its size relative to the figure's width."""
+CARD_INCHES, CARD_DPI = (5.0, 2.8), 200
+"""TensorBoard figures: 1000 x 560 pixels. TensorBoard shrinks an image to the width of its
+card (about 350 pixels in a 1400 pixels wide window), so what keeps text readable there is its
+size relative to the figure's width: a small figure with large text, drawn at a high dpi."""
 CARD_STYLE = {
-    "font.size": 14,
-    "axes.titlesize": 15,
-    "axes.labelsize": 14,
-    "xtick.labelsize": 13,
-    "ytick.labelsize": 13,
-    "legend.fontsize": 12,
-    "lines.linewidth": 2.0,
+    "font.size": 12,
+    "axes.titlesize": 12,
+    "axes.labelsize": 12,
+    "xtick.labelsize": 11,
+    "ytick.labelsize": 11,
+    "legend.fontsize": 10.5,
+    "lines.linewidth": 1.6,
 }
 """Font sizes (points) of the TensorBoard figures; docs/tensorboard.md says what they measure
 on screen."""
@@ -77,10 +78,12 @@ def readable_log_axis(axis: Axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def shade_landmarks(ax: Axes, landmarks: dict[str, tuple[int, int]]) -> None:
+def shade_landmarks(
+    ax: Axes, landmarks: dict[str, tuple[int, int]], colours=LANDMARK_COLOURS
+) -> None:
     """Shade each task landmark's timesteps [start, end) on ``ax``, labelled for the legend."""
     for i, (label, (start, end)) in enumerate(landmarks.items()):
-        colour = LANDMARK_COLOURS[i % len(LANDMARK_COLOURS)]
+        colour = colours[i % len(colours)]
         ax.axvspan(start - 0.5, end - 0.5, color=colour, alpha=0.6, label=label)
 
 
