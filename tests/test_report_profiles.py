@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bpttlab.analysis import figures as report_figures
 from bpttlab.analysis import overlay
+from bpttlab.analysis.records import read_run
 from bpttlab.analysis.sweep import group_runs, read_runs
 
 BIN = Path(sys.executable).parent
@@ -25,7 +27,25 @@ RUNS = [
     "3_gru_copy4_trunc-None_clip-norm_seed1",
 ]
 
-pytestmark = pytest.mark.slow
+
+def test_a_runs_value_is_its_group_choice_else_its_config_value_as_written(tmp_path):
+    """``bptt`` is a group (its choice in Hydra's record), ``bptt.truncation`` a config key;
+    values match as the command line writes them."""
+    (tmp_path / ".hydra").mkdir()
+    optim = {"lr": 3e-5, "foreach": None, "nesterov": True}
+    config = {"seed": 0, "cell": {"kind": "rnn"}, "bptt": {"truncation": 20}, "optim": optim}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    choices = {"cell": "rnn", "bptt": "truncated", "task": "copy"}
+    record = {"hydra": {"runtime": {"choices": choices}}}
+    (tmp_path / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(record))
+    run = read_run(tmp_path)
+    assert overlay.setting(run, "bptt") == "truncated"
+    assert overlay.setting(run, "bptt.truncation") == 20
+    assert overlay.setting(run, "bpt") is overlay.ABSENT
+    assert overlay.matches("20", 20) and not overlay.matches("2", 20)
+    assert overlay.matches("3e-5", overlay.setting(run, "optim.lr"))
+    assert overlay.matches("null", overlay.setting(run, "optim.foreach"))
+    assert overlay.matches("true", overlay.setting(run, "optim.nesterov"))
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +82,7 @@ def report(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_run_dirs_carry_the_seed_and_their_own_events(sweep):
     """Each run dir is named with its seed and holds its event files (no ``tensorboard/``
     below it); TensorBoard's Time Series, which sorts tag families by name and opens the first
@@ -77,6 +98,7 @@ def test_run_dirs_carry_the_seed_and_their_own_events(sweep):
     assert families == ["train", "val", "z_grad_flow", "z_hparams"]
 
 
+@pytest.mark.slow
 def test_profiles_overlay_cells_with_the_geometric_mean_and_range_of_seeds(sweep):
     result = report(str(sweep), "--profiles", "cell=rnn,gru")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -110,6 +132,7 @@ def test_profiles_overlay_cells_with_the_geometric_mean_and_range_of_seeds(sweep
     assert {"symbols", "marker", "recall"} <= shaded  # copy's landmarks, shared by the cells
 
 
+@pytest.mark.slow
 def test_the_reports_legends_name_no_option_a_cell_lacks(sweep):
     """rnn has nonlinearity tanh, gru none: the labels say "gru", never "nonlinearity=None"."""
     groups = group_runs(read_runs(sweep))
@@ -118,6 +141,7 @@ def test_the_reports_legends_name_no_option_a_cell_lacks(sweep):
     assert "gru (n=2)" in labels and not [t for t in labels if "None" in t]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
