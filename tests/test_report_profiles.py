@@ -6,20 +6,19 @@ overlaid profiles against the npz files averaged here in float64."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_report import BIN, tiny_sweep
 
 from bpttlab.analysis import figures as report_figures
 from bpttlab.analysis import overlay
 from bpttlab.analysis.records import read_run
 from bpttlab.analysis.sweep import group_runs, read_runs
 
-BIN = Path(sys.executable).parent
 RUNS = [
     "0_rnn_copy4_trunc-None_clip-norm_seed0",
     "1_rnn_copy4_trunc-None_clip-norm_seed1",
@@ -51,29 +50,8 @@ def test_a_runs_value_is_its_group_choice_else_its_config_value_as_written(tmp_p
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """Four runs of 4 steps, probed at steps 0 and 2, validated at 2 and 4."""
-    root = tmp_path_factory.mktemp("profiles")
-    sweep = root / "sweep"
-    train = [
-        str(BIN / "bpttlab-train"),
-        "-m",
-        "cell=rnn,gru",
-        "seed=0,1",
-        "cell.hidden_size=4",
-        "task=copy",
-        "task.gap=4",
-        "module.batch_size=4",
-        "module.val_batches=1",
-        "trainer.max_steps=4",
-        "trainer.val_check_interval=2",
-        "callbacks.grad_flow.every_n_steps=2",
-        "callbacks.grad_flow.figures_every_n_steps=1000",
-        "callbacks.progress_bar=null",
-        "callbacks.checkpoint=null",
-        "threads=1",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    result = subprocess.run(train, cwd=root, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path_factory.mktemp("profiles") / "sweep"
+    tiny_sweep(sweep, "cell=rnn,gru", "seed=0,1", "cell.hidden_size=4", "task=copy", "task.gap=4")
     return sweep
 
 
