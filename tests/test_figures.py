@@ -163,6 +163,6 @@ def test_the_initial_profile_stays_in_tensorboard_after_ten_probes(tmp_path):
     assert [image.step for image in initial] == [0]
     latest = events.Images(f"{FAMILY}/profile")
     assert len(latest) == TENSORBOARD_IMAGES_PER_TAG and latest[-1].step == 11
-    assert png_size(initial[0].encoded_image_string) == (1000, 560)
+    assert png_size(initial[0].encoded_image_string) == (700, 392)
     heatmap = events.Images(f"{FAMILY}/heatmap/h_layer0")[-1]
-    assert png_size(heatmap.encoded_image_string) == (1000, 560)
+    assert png_size(heatmap.encoded_image_string) == (700, 392)
