@@ -1,6 +1,6 @@
 """Export the images a run logged to TensorBoard as PNG files (the last step of each tag).
 
-    python scripts/export_images.py RUN_DIR OUT_DIR [--prefix grad_flow/]
+    python scripts/export_images.py RUN_DIR OUT_DIR [--prefix z_grad_flow/]
 
 Reads the event files with TensorBoard's own EventAccumulator; this is how the README's
 TensorBoard figures are made.
@@ -11,14 +11,19 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from bpttlab.analysis.figures import event_dir
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--prefix", default="grad_flow/", help="only tags that start with this")
+    parser.add_argument("--prefix", default="z_grad_flow/", help="only tags that start with this")
     args = parser.parse_args()
-    events = EventAccumulator(str(args.run_dir / "tensorboard"), size_guidance={"images": 0})
+    directory = event_dir(args.run_dir)
+    if directory is None:
+        parser.error(f"no TensorBoard event files in {args.run_dir}")
+    events = EventAccumulator(str(directory), size_guidance={"images": 0})
     events.Reload()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for tag in events.Tags()["images"]:

@@ -202,7 +202,7 @@ def test_full_reference_profile_and_cosine(tmp_path):
     for name, saved in (("cut", tmp_path / "t"), ("uncut", tmp_path / "u")):
         events = EventAccumulator(str(saved / "tensorboard"))
         events.Reload()
-        cosines[name] = events.Scalars("grad_flow/truncation_cosine")[0].value
+        cosines[name] = events.Scalars("z_grad_flow/truncation_cosine")[0].value
     assert -1.0 <= cosines["cut"] < 0.9999
     assert cosines["uncut"] == pytest.approx(1.0, abs=1e-6)
 
@@ -249,9 +249,9 @@ def test_figures_are_drawn_less_often_than_probes(tmp_path):
     when training ends)."""
     events = EventAccumulator(str(flow_run(tmp_path, 7, 3)), size_guidance={"images": 0})
     events.Reload()
-    assert [e.step for e in events.Scalars("grad_flow/h_layer0/first")] == [0, 2, 4, 6]
+    assert [e.step for e in events.Scalars("z_grad_flow/h_layer0/first")] == [0, 2, 4, 6]
     assert len(list((tmp_path / "grad_flow").glob("step_*.npz"))) == 4
-    for tag in ("grad_flow/profile", "grad_flow/heatmap/h_layer0"):
+    for tag in ("z_grad_flow/profile", "z_grad_flow/heatmap/h_layer0"):
         assert [e.step for e in events.Images(tag)] == [0, 4, 6]
 
 
@@ -262,16 +262,16 @@ def test_event_files_hold_images_figures_and_scalars(tmp_path):
     events.Reload()
     images = set(events.Tags()["images"])
     assert {
-        "grad_flow/heatmap/h_layer0",
-        "grad_flow/heatmap/c_layer0",
-        "grad_flow/profile",
+        "z_grad_flow/heatmap/h_layer0",
+        "z_grad_flow/heatmap/c_layer0",
+        "z_grad_flow/profile",
     } <= images
-    assert [e.step for e in events.Images("grad_flow/profile")] == [0, 2, 4]
+    assert [e.step for e in events.Images("z_grad_flow/profile")] == [0, 2, 4]
     scalars = set(events.Tags()["scalars"])
     for name in ("h_layer0", "c_layer0"):
         for key in ("first", "last", "ratio", "decay_per_step", "steps_in_past"):
-            assert f"grad_flow/{name}/{key}" in scalars
-    assert len([t for t in scalars if t.startswith("grad_flow/")]) == 10
+            assert f"z_grad_flow/{name}/{key}" in scalars
+    assert len([t for t in scalars if t.startswith("z_grad_flow/")]) == 10
 
 
 def free_port() -> int:
@@ -320,8 +320,8 @@ def test_real_tensorboard_server_serves_grad_flow_tags(tmp_path):
             time.sleep(0.5)
         image_tags = {tag for run in images.values() for tag in run}
         scalar_tags = {tag for run in scalars.values() for tag in run}
-        assert "grad_flow/profile" in image_tags and "grad_flow/heatmap/h_layer0" in image_tags
-        assert "grad_flow/h_layer0/decay_per_step" in scalar_tags
+        assert "z_grad_flow/profile" in image_tags and "z_grad_flow/heatmap/h_layer0" in image_tags
+        assert "z_grad_flow/h_layer0/decay_per_step" in scalar_tags
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -49,7 +49,7 @@ def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 def validations(run_dir: Path) -> list[tuple[int, float]]:
     """(step, loss) of every validation, as TensorBoard reads them back."""
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     return sorted((e.step, e.value) for e in events.Scalars("val/loss"))
 

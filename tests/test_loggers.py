@@ -120,7 +120,7 @@ def test_gradient_flow_without_tensorboard(tmp_path):
     saved = sorted(p.name for p in flow.profile_dir.glob("*.npz"))
     assert saved == ["step_000000.npz", "step_000002.npz", "step_000004.npz"]
     for state in ("h_layer0", "c_layer0"):
-        rows = csv_rows(table, f"grad_flow/{state}/last")
+        rows = csv_rows(table, f"z_grad_flow/{state}/last")
         profiles = [load_profile(flow.profile_dir / name)[state] for name in saved]
         assert [step for step, _ in rows] == [0, 2, 4]
         np.testing.assert_allclose([v for _, v in rows], [p[-1] for p in profiles], rtol=1e-6)

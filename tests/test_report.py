@@ -23,6 +23,25 @@ from bpttlab.analysis.sweep import group_runs, read_runs, varying
 from bpttlab.runs.rundir import RunLock
 
 BIN = Path(sys.executable).parent
+TINY_RUNS = [
+    "module.batch_size=4",
+    "module.val_batches=1",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "callbacks.grad_flow.every_n_steps=2",
+    "callbacks.grad_flow.figures_every_n_steps=1000",
+    "callbacks.progress_bar=null",
+    "callbacks.checkpoint=null",
+]
+"""Runs of 4 steps, probed at steps 0 and 2, validated at 2 and 4, without progress bar or
+checkpoints: sweeps small enough for a test."""
+
+
+def tiny_sweep(sweep: Path, *overrides: str) -> None:
+    """``bpttlab-train -m`` with ``overrides`` and ``TINY_RUNS`` into ``sweep``, from its parent."""
+    train = [str(BIN / "bpttlab-train"), "-m", *overrides, *TINY_RUNS, f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run(train, cwd=sweep.parent, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def write_run(root: Path, name: str, metrics: dict | str, seed: int, **settings) -> Path:
@@ -245,26 +264,9 @@ def test_real_seed_sweep_through_the_cli(tmp_path):
     pre-check accepts Hydra's range), which bpttlab-report groups into two groups of three
     seeds, with figures of their spread and a paired comparison."""
     sweep = tmp_path / "sweep"
-    train = [
-        str(BIN / "bpttlab-train"),
-        "-m",
-        "cell=gru",
-        "cell.hidden_size=4,6",
-        "seed=range(3)",
-        "task=copy",
-        "task.gap=5",
-        "module.batch_size=4",
-        "module.val_batches=1",
-        "trainer.max_steps=4",
-        "trainer.val_check_interval=2",
-        "callbacks.grad_flow.every_n_steps=2",
-        "callbacks.grad_flow.figures_every_n_steps=1000",
-        "callbacks.progress_bar=null",
-        "callbacks.checkpoint=null",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    result = subprocess.run(train, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    tiny_sweep(
+        sweep, "cell=gru", "cell.hidden_size=4,6", "seed=range(3)", "task=copy", "task.gap=5"
+    )
     assert len(list(sweep.glob("*/metrics.json"))) == 6
     result = subprocess.run(
         [str(BIN / "bpttlab-report"), str(sweep), "--compare", "cell.hidden_size=4,6"],

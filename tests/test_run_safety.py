@@ -69,7 +69,7 @@ def test_a_crash_is_recorded_as_failed_not_as_a_result(tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("failed at step ") and last.endswith("RuntimeError: boom second line")
     assert "Traceback" in (tmp_path / "train.log").read_text()  # the details stay in the log
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert events.Tags()["scalars"]
 

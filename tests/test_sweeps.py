@@ -56,16 +56,16 @@ def test_joblib_grid_runs_every_job_with_its_own_outputs(joblib_sweep):
     event files, gradient profiles and a config that matches its name."""
     dirs = run_dirs(joblib_sweep)
     assert [d.name for d in dirs] == [
-        "0_rnn_copy4_trunc-None_clip-norm",
-        "1_rnn_copy8_trunc-None_clip-norm",
-        "2_gru_copy4_trunc-None_clip-norm",
-        "3_gru_copy8_trunc-None_clip-norm",
+        "0_rnn_copy4_trunc-None_clip-norm_seed0",
+        "1_rnn_copy8_trunc-None_clip-norm_seed0",
+        "2_gru_copy4_trunc-None_clip-norm_seed0",
+        "3_gru_copy8_trunc-None_clip-norm_seed0",
     ]
     for d in dirs:
         config = yaml.safe_load((d / "config.yaml").read_text())
         assert d.name.split("_")[1] == config["cell"]["kind"]
         assert json.loads((d / "metrics.json").read_text())["steps"] == 6
-        assert list((d / "tensorboard").glob("events.out.tfevents.*"))
+        assert list(d.glob("events.out.tfevents.*"))  # in the run dir: TensorBoard names it so
         assert list((d / "grad_flow").glob("*.npz"))
         assert config["threads"] is None  # chosen per job from the launcher's n_jobs
 
@@ -76,7 +76,7 @@ def test_hparams_tab_holds_hyperparameters_and_final_metrics(joblib_sweep):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     run = run_dirs(joblib_sweep)[0]
-    events = EventAccumulator(str(run / "tensorboard"))
+    events = EventAccumulator(str(run))
     events.Reload()
     content = events.PluginTagToContent("hparams")
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
@@ -88,8 +88,8 @@ def test_hparams_tab_holds_hyperparameters_and_final_metrics(joblib_sweep):
         assert key in hparams
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     metric_tags = {m.name.tag for m in experiment.experiment.metric_infos}
-    assert {"hparams/normalized_loss", "hparams/solved", "hparams/diverged"} <= metric_tags
-    assert "hparams/normalized_loss" in events.Tags()["scalars"]
+    assert {"z_hparams/normalized_loss", "z_hparams/solved", "z_hparams/diverged"} <= metric_tags
+    assert "z_hparams/normalized_loss" in events.Tags()["scalars"]
 
 
 def test_report_on_a_finished_multirun(joblib_sweep, tmp_path):

@@ -176,7 +176,7 @@ def test_divergence_is_recorded_not_raised(tmp_path):
     assert metrics["final_val_loss"] is None and metrics["steps"] < 50
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert "train/diverged" in events.Tags()["scalars"]
 
@@ -221,7 +221,7 @@ def test_end_to_end_console_script(tmp_path):
     assert OmegaConf.load(run_dir / "config.yaml").task.gap == 10
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     assert [e.step for e in events.Scalars("val/loss")] == [18, 24]  # x-axis: optimiser steps
     assert list((run_dir / "grad_flow").glob("step_*.npz"))

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bpttlab.analysis.sweep import Group, Run, value, varying
-from bpttlab.gradflow.figures import shade_landmarks
+from bpttlab.gradflow.figures import readable_log_axis, shade_landmarks
 from bpttlab.gradflow.profile import load_profile
 
 BAND = (0.25, 0.75)
@@ -31,10 +31,10 @@ DODGE = 0.015
 
 
 def label(group: Group, columns: list[str]) -> str:
-    parts = [
-        str(value(group.first, c)) if c == "cell" else f"{c}={value(group.first, c)}"
-        for c in columns
-    ]
+    """The group's values of ``columns``, "gru hidden_size=64"; an option the group does not
+    have (a GRU's ``nonlinearity``) is left out, not written "None"."""
+    values = {c: value(group.first, c) for c in columns}
+    parts = [str(v) if c == "cell" else f"{c}={v}" for c, v in values.items() if v is not None]
     return " ".join(parts) or "runs"
 
 
@@ -101,12 +101,22 @@ def _num(value, missing: float = math.nan) -> float:
     return float(value)
 
 
+def event_dir(run_dir: Path) -> Path | None:
+    """Where a run's TensorBoard event files are: the run dir itself, or its ``tensorboard/``
+    (where runs wrote them before TensorBoard named runs by their dir); None without any."""
+    for directory in (run_dir, run_dir / "tensorboard"):
+        if any(directory.glob("events.out.tfevents.*")):
+            return directory
+    return None
+
+
 def read_curve(run: Run, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """A run's scalar ``tag`` from its TensorBoard events: (steps, values); empty without
     events (a run with the logger off)."""
-    if not (run.path / "tensorboard").is_dir():
+    directory = event_dir(run.path)
+    if directory is None:
         return np.array([], dtype=int), np.array([])
-    events = EventAccumulator(str(run.path / "tensorboard"))
+    events = EventAccumulator(str(directory))
     events.Reload()
     if tag not in events.Tags().get("scalars", []):
         return np.array([], dtype=int), np.array([])
@@ -168,6 +178,7 @@ def curves_figure(groups: list[Group], tag: str = "val/normalized_loss") -> Figu
         title=f"learning curves: median over seeds, {_band_label()}",
         yscale="log",
     )
+    readable_log_axis(ax.yaxis)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -178,21 +189,30 @@ def profile_paths(run: Run) -> dict[int, Path]:
     return {int(p.stem.split("_")[-1]): p for p in (run.path / "grad_flow").glob("step_*.npz")}
 
 
+def panel(group: Group) -> tuple[str, str, str]:
+    """The panel of ``group`` in profiles.png: its cell, task and gap (one task's landmarks)."""
+    return tuple(str(group.first.hparams[name]) for name in ("cell", "task", "gap"))
+
+
 def profiles_figure(groups: list[Group], state: str = "h_layer0") -> Figure:
-    """||dL/dh_k|| / its peak against k, a panel per cell: per group the median over seeds and
-    a ``BAND`` band, at step 0 (dashed) and at the last step that every seed saved (solid)."""
+    """||dL/dh_k|| / its peak against k, a panel per cell (and per task and gap, when they vary,
+    so that a panel's shading is its curves' landmarks): per group the median over seeds and a
+    ``BAND`` band, at step 0 (dashed) and at the last step that every seed saved (solid)."""
     groups = [g for g in groups if any(profile_paths(r) for r in g.finished)]
-    cells = sorted({g.first.hparams["cell"] for g in groups}) or ["none"]
-    columns = min(4, len(cells))
-    rows = math.ceil(len(cells) / columns)
+    panels = sorted({panel(g) for g in groups}, key=lambda p: (*p[:2], _num(_int(p[2]), -1)))
+    many_tasks = len({p[1:] for p in panels}) > 1
+    columns = max(1, min(4, len(panels)))
+    rows = max(1, math.ceil(len(panels) / columns))
     fig = Figure(figsize=(4.6 * columns, 3.4 * rows), dpi=90)
     grid = fig.subplots(rows, columns, squeeze=False, sharey=True)
     axes = list(grid.flatten())
-    for unused in axes[len(cells) :]:
+    for unused in axes[max(1, len(panels)) :]:
         unused.set_visible(False)
-    for ax, cell in zip(axes, cells, strict=False):
-        members = [g for g in groups if g.first.hparams["cell"] == cell]
-        others = [c for c in varying(members) if c != "cell"]
+    if not panels:
+        axes[0].text(0.5, 0.5, "no gradient profiles", ha="center", transform=axes[0].transAxes)
+    for ax, (cell, task, gap) in zip(axes, panels, strict=False):
+        members = [g for g in groups if panel(g) == (cell, task, gap)]
+        others = [c for c in varying(members) if c not in ("cell", "task", "gap")]
         landmarks: dict[str, tuple[int, int]] = {}
         for i, group in enumerate(members):
             paths = [profile_paths(r) for r in group.finished if profile_paths(r)]
@@ -219,13 +239,18 @@ def profiles_figure(groups: list[Group], state: str = "h_layer0") -> Figure:
                 if len(data) > 1:
                     ax.fill_between(k, low, high, color=colour, alpha=0.15, linewidth=0)
         shade_landmarks(ax, landmarks)
-        ax.set(title=cell, xlabel="timestep k")
+        ax.set(title=f"{cell}, {task} gap {gap}" if many_tasks else cell, xlabel="timestep k")
+        readable_log_axis(ax.yaxis)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
     for row in grid:
         row[0].set_ylabel(f"||dL/dh_k|| / its max\nmedian, {_band_label()}")
     fig.tight_layout()
     return fig
+
+
+def _int(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
 
 
 def _peak_normalised(profile: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """bpttlab-report: tables and figures of a sweep, with the spread over seeds.
 
     bpttlab-report outputs/multirun/<date>/<time> [--out DIR] [--compare KEY=A,B]
+                   [--profiles KEY=A,B[,C] [--step N]]
 
 Reads every run dir below PATH that holds a metrics.json (with its config.yaml, events and
 grad_flow/ profiles), groups the runs whose configs differ only in ``seed`` (``bpttlab.analysis.sweep``)
@@ -19,6 +20,9 @@ and writes into DIR (default PATH/report):
 - results.png, curves.png, profiles.png (``bpttlab.analysis.figures``).
 - with ``--compare KEY=A,B``: compare_<KEY>.md, the per-seed paired differences B - A and their
   sign and Wilcoxon tests (``bpttlab.analysis.compare``), also printed.
+- with ``--profiles KEY=A,B``: profiles_<KEY>.png, the gradient profiles of the groups with
+  KEY=A, B, ... overlaid on one log axis at one step, with a band over seeds
+  (``bpttlab.analysis.overlay``).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from typing import Any
 
 from bpttlab.analysis import compare as paired
 from bpttlab.analysis import figures as report_figures
+from bpttlab.analysis import overlay
 from bpttlab.analysis.sweep import STATUSES, Group, Run, group_runs, read_runs, value, varying
 from bpttlab.checks import ConfigError
 from bpttlab.runs.rundir import check_writable
@@ -183,15 +188,23 @@ def _listed(title: str, entries: list[tuple[Run, str | None]]) -> list[str]:
     ]
 
 
-def report(root: Path, out: Path | None = None, compare: str | None = None) -> Path:
-    """Write the tables and figures for the runs below ``root`` (and, given ``compare``
-    "KEY=A,B", compare_<KEY>.md; ValueError if it cannot be made); return the output dir."""
+def report(
+    root: Path,
+    out: Path | None = None,
+    compare: str | None = None,
+    profiles: str | None = None,
+    step: int | None = None,
+) -> Path:
+    """Write the tables and figures for the runs below ``root`` (given ``compare`` "KEY=A,B",
+    compare_<KEY>.md; given ``profiles`` "KEY=A,B", profiles_<KEY>.png at ``step``; ValueError
+    if they cannot be made); return the output dir."""
     runs = read_runs(root)
     if not runs:
         raise SystemExit(f"bpttlab-report: error: no readable metrics.json below {root}")
     out = out or root / "report"
-    out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
+    overlaid = overlay.select(groups, profiles, step) if profiles is not None else None
+    out.mkdir(parents=True, exist_ok=True)
     write_tables(runs, groups, out)
     report_figures.results_figure(groups).savefig(out / "results.png")
     report_figures.curves_figure(groups).savefig(out / "curves.png")
@@ -201,6 +214,8 @@ def report(root: Path, out: Path | None = None, compare: str | None = None) -> P
         counted = [r for g in groups for r in g.counted]  # one run per seed
         text = paired.markdown(paired.compare(counted, key, a, b), key, a, b)
         (out / f"compare_{key}.md").write_text(text)
+    if overlaid is not None:
+        overlay.overlay_figure(overlaid).savefig(out / f"profiles_{overlaid.key}.png")
     return out
 
 
@@ -217,9 +232,28 @@ def main(argv: list[str] | None = None) -> None:
         help="pair runs by seed across two values of a config group or key, as the sweep "
         "wrote them, e.g. cell=rnn,gru or cell.init=default,chrono",
     )
+    parser.add_argument(
+        "--profiles",
+        metavar="KEY=A,B",
+        default=None,
+        help="overlay the gradient profiles of groups at one step, e.g. cell=rnn,gru",
+    )
+    parser.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="the step --profiles draws (default: the last step every run probed)",
+    )
     args = parser.parse_args(argv)
     if not args.path.is_dir():
         parser.error(f"{args.path} is not a directory")
+    if args.step is not None and args.profiles is None:
+        parser.error("--step is the step of --profiles: give --profiles KEY=A,B too")
+    if args.profiles is not None:
+        try:
+            overlay.parse(args.profiles)
+        except ValueError as error:
+            parser.error(str(error))
     if args.compare is not None:
         try:
             paired.parse(args.compare)
@@ -231,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"bpttlab-report: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        out = report(args.path, args.out, args.compare)
+        out = report(args.path, args.out, args.compare, args.profiles, args.step)
     except ValueError as error:
         parser.error(str(error))
     print(f"report: {out / 'report.md'}\nfigures: {', '.join(str(out / f) for f in FIGURES)}")
@@ -239,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
         path = out / f"compare_{paired.parse(args.compare)[0]}.md"
         print(path.read_text(), end="")
         print(f"comparison: {path}")
+    if args.profiles is not None:
+        print(f"profiles: {out / f'profiles_{overlay.parse(args.profiles)[0]}.png'}")
 
 
 if __name__ == "__main__":

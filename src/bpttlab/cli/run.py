@@ -179,9 +179,11 @@ def resume_hint(run_dir: Path) -> str:
 
 
 def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """Fill TensorBoard's HPARAMS tab: the run's hyperparameters with its final metrics."""
+    """Fill TensorBoard's HPARAMS tab: the run's hyperparameters with its final metrics, under
+    ``z_hparams/``: one point each, they sort after the ``train/`` and ``val/`` curves, which
+    TensorBoard's Time Series opens first (``bpttlab.gradflow.figures.FAMILY``)."""
     final = {
-        f"hparams/{k}": float(v)
+        f"z_hparams/{k}": float(v)
         for k, v in metrics.items()
         if isinstance(v, int | float | bool) and v is not None
     }

@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from bpttlab import checks
 from bpttlab.bptt import shared_timesteps
-from bpttlab.gradflow.figures import ProbeFigures
+from bpttlab.gradflow.figures import FAMILY, ProbeFigures
 from bpttlab.gradflow.profile import Probe, profile_summary, save_profile
 from bpttlab.gradflow.reference import full_gradient_reference
 from bpttlab.module import SequenceModule
@@ -27,7 +27,8 @@ class GradientFlow(L.Callback):
     runs its training step on the unrolled path with a Probe on every state. With an exact
     fast path (the native CPU kernel) probing changes no number; otherwise only by rounding.
 
-    Every probe writes a few scalars per state under ``grad_flow/`` (see ``profile_summary``)
+    Every probe writes a few scalars per state under ``z_grad_flow/`` (``figures.FAMILY``: see
+    ``profile_summary``)
     to every logger of the Trainer, and ``<save_dir>/step_NNNNNN.npz``. With a TensorBoardLogger
     it also draws figures (``figures.ProbeFigures``): heatmaps of every probe so far and the
     profile of the probed step, on the first probe, then at most every
@@ -142,12 +143,12 @@ class GradientFlow(L.Callback):
         scalars = {}
         for name, profile in profiles.items():
             summary = profile_summary(profile, self.past_threshold)
-            scalars |= {f"grad_flow/{name}/{key}": value for key, value in summary.items()}
+            scalars |= {f"{FAMILY}/{name}/{key}": value for key, value in summary.items()}
             if name in full:
                 decay = profile_summary(full[name], self.past_threshold)["decay_per_step"]
-                scalars[f"grad_flow/{name}/full_decay_per_step"] = decay
+                scalars[f"{FAMILY}/{name}/full_decay_per_step"] = decay
         if reference is not None:
-            scalars["grad_flow/truncation_cosine"] = reference[1]
+            scalars[f"{FAMILY}/truncation_cosine"] = reference[1]
         return scalars
 
 
