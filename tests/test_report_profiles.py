@@ -14,8 +14,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_report import BIN, tiny_sweep
 
+from bpttlab.analysis import compare, overlay
 from bpttlab.analysis import figures as report_figures
-from bpttlab.analysis import overlay
 from bpttlab.analysis.records import read_run
 from bpttlab.analysis.sweep import group_runs, read_runs
 
@@ -41,10 +41,10 @@ def test_a_runs_value_is_its_group_choice_else_its_config_value_as_written(tmp_p
     assert overlay.setting(run, "bptt") == "truncated"
     assert overlay.setting(run, "bptt.truncation") == 20
     assert overlay.setting(run, "bpt") is overlay.ABSENT
-    assert overlay.matches("20", 20) and not overlay.matches("2", 20)
-    assert overlay.matches("3e-5", overlay.setting(run, "optim.lr"))
-    assert overlay.matches("null", overlay.setting(run, "optim.foreach"))
-    assert overlay.matches("true", overlay.setting(run, "optim.nesterov"))
+    assert compare.matches("20", 20) and not compare.matches("2", 20)
+    assert compare.matches("3e-5", overlay.setting(run, "optim.lr"))
+    assert compare.matches("null", overlay.setting(run, "optim.foreach"))
+    assert compare.matches("true", overlay.setting(run, "optim.nesterov"))
 
 
 @pytest.fixture(scope="module")

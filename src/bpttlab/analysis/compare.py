@@ -41,19 +41,20 @@ def spelled(value: Any) -> str:
     return json.dumps(value)
 
 
+def matches(written: str, value: Any) -> bool:
+    """Whether ``value`` (a group's option or a config value) is the one ``written`` on the
+    command line: ``null`` is None, ``true`` is True, ``3e-5`` is 0.00003."""
+    if isinstance(value, str) or value is None or isinstance(value, bool):
+        return written == spelled(value) or (value is None and written in ("None", "~"))
+    try:
+        return float(written) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
 def which(value: Any, a: str, b: str) -> str | None:
-    """``a`` or ``b`` if the config value is spelled so (numbers compare as numbers: 1e-3 is
-    0.001), else None."""
-    for spec in (a, b):
-        if spelled(value) == spec:
-            return spec
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                if float(spec) == float(value):
-                    return spec
-            except ValueError:
-                pass
-    return None
+    """``a`` or ``b``, whichever ``value`` is written as, else None."""
+    return next((spec for spec in (a, b) if matches(spec, value)), None)
 
 
 def _seed_order(seed: Any) -> tuple:

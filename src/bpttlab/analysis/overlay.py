@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
 
+from bpttlab.analysis.compare import matches, spelled
 from bpttlab.analysis.records import Run
 from bpttlab.analysis.sweep import Group
 from bpttlab.gradflow.figures import readable_log_axis, shade_landmarks
 from bpttlab.gradflow.history import RunProfiles, load_run, profile_files
-from bpttlab.runs.rundir import HYDRA_RECORD
 
 LANDMARK_GREYS = ("0.85", "0.6", "0.92")
 """Landmarks in greys, so that no shading takes the colour of a curve's band."""
@@ -49,34 +48,12 @@ def parse(spec: str) -> tuple[str, list[str]]:
     return key.strip(), chosen
 
 
-def spelt(value: Any) -> str:
-    """A config value as the command line writes it: null, true, 0.001, gru."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def matches(written: str, value: Any) -> bool:
-    """Whether ``value`` (a choice or a config value) is the one ``written`` on the command
-    line: ``null`` is None, ``true`` is True, ``3e-5`` is 0.00003."""
-    if isinstance(value, str) or value is None or isinstance(value, bool):
-        return written == spelt(value) or (value is None and written in ("None", "~"))
-    try:
-        return float(written) == float(value)
-    except (TypeError, ValueError):
-        return False
-
-
 def setting(run: Run, key: str) -> Any:
-    """``run``'s value of ``key``: its group choice (a str), else its config value, else (a
-    run without Hydra's record) its hyperparameter of that name (``cell``: ``cell.kind``),
+    """``run``'s value of ``key``: its group's option or config value (``Run.setting``), else
+    (a run without Hydra's record) its hyperparameter of that name (``cell``: ``cell.kind``),
     else ``ABSENT``."""
-    record = run.path / HYDRA_RECORD / "hydra.yaml"
-    if record.exists():
-        choices = (yaml.safe_load(record.read_text()) or {}).get("hydra", {})
-        choice = choices.get("runtime", {}).get("choices", {}).get(key)
-        if choice is not None:
-            return str(choice)
-    if key in run.config:
-        return run.config[key]
+    if key in run.choices or key in run.config:
+        return run.setting(key)
     return run.hparams.get(key, ABSENT) if key != "seed" else ABSENT
 
 
@@ -123,7 +100,7 @@ def select(groups: list[Group], spec: str, step: int | None) -> Overlay:
     found = {path: next((w for w in values if matches(w, v)), None) for path, v in settings.items()}
     missing = [w for w in values if w not in found.values()]
     if missing:
-        present = sorted({spelt(v) for v in settings.values() if v is not ABSENT})
+        present = sorted({spelled(v) for v in settings.values() if v is not ABSENT})
         raise ValueError(
             f"--profiles {spec}: no finished run has {key}={missing[0]} (values here: "
             f"{', '.join(present)})"
@@ -146,7 +123,7 @@ def select(groups: list[Group], spec: str, step: int | None) -> Overlay:
     identities = {r.path: dict(r.identity(*follows)) for r in chosen}
     differing = _differing(list(identities.values()))
     for run in chosen:
-        title = ", ".join(f"{k}={spelt(run.config.get(k))}" for k in differing)
+        title = ", ".join(f"{k}={spelled(run.config.get(k))}" for k in differing)
         curve = panels.setdefault(title, {}).setdefault(
             found[run.path], Curve(found[run.path], [], [], step)
         )

@@ -172,15 +172,18 @@ def read_choices(record: Path) -> tuple[dict[str, str], tuple[str, ...]]:
     (Hydra's own groups left out), and the keys its command line set. Empty without one."""
     try:
         choices = OmegaConf.load(record / "hydra.yaml").hydra.runtime.choices
-        overrides = OmegaConf.to_container(OmegaConf.load(record / "overrides.yaml"))
         options = {
             str(group): str(option)
             for group, option in OmegaConf.to_container(choices).items()
             if option is not None and not str(group).startswith("hydra/")
         }
-        keys = tuple(str(line).split("=", 1)[0].lstrip("+~") for line in overrides)
     except Exception:  # no record, or one that cannot be read: the config alone tells
         return {}, ()
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(record / "overrides.yaml"))
+        keys = tuple(str(line).split("=", 1)[0].lstrip("+~") for line in overrides)
+    except Exception:
+        keys = ()
     return options, keys
 
 
