@@ -26,6 +26,7 @@ from bpttlab.clipping import Clipping
 from bpttlab.model import RecurrentNet
 from bpttlab.module.hparams import hyperparameters
 from bpttlab.module.scalars import TrainingScalars
+from bpttlab.module.truncation import adapt_truncation
 from bpttlab.tasks import Batch, BatchSource, Task
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -76,6 +77,7 @@ class SequenceModule(L.LightningModule):
         self.data = BatchSource(task, seed, self.batch_size, integer("val_batches", val_batches, 1))
         self.stop_when_solved = stop_when_solved
         self.windows = self.bptt.windows(task.seq_len)
+        self.adaptive = self.bptt.adaptive(task.seq_len)  # chooses the windows, or None
         self.save_hyperparameters(
             hyperparameters(model, task, optimizer, self.bptt, self.clipping)
             | {"batch_size": batch_size, "val_batches": val_batches, "seed": seed}
@@ -97,7 +99,8 @@ class SequenceModule(L.LightningModule):
     def updates_per_batch(self) -> int:
         """Optimiser steps per batch: one per window that holds targets."""
         mask = self.data.loss_mask()
-        return sum(bool(mask[w.loss_start : w.end].any()) for w in self.windows)
+        windows = self.bptt.windows(self.task.seq_len)  # under auto the fewest steps per batch
+        return sum(bool(mask[w.loss_start : w.end].any()) for w in windows)
 
     def train_dataloader(self) -> DataLoader:
         # Batches are made on the device in training_step; the loader only paces the loop.
@@ -131,7 +134,10 @@ class SequenceModule(L.LightningModule):
     def training_step(self, _index: int, _batch_idx: int) -> None:
         step = self.global_step
         hooks, self._next_hooks = self._next_hooks, []
-        losses = self.window_losses(self.train_batch(step), self.windows, hooks)
+        batch = self.train_batch(step)
+        if self.adaptive is not None and self.adaptive.due(step):
+            adapt_truncation(self, step, batch)
+        losses = self.window_losses(batch, self.windows, hooks)
         updates = BatchUpdates.run(losses, self.optimizers(), self.clipping, self.model)
         if updates.diverged:
             self._diverge(step)
@@ -187,10 +193,15 @@ class SequenceModule(L.LightningModule):
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["bpttlab"] = {key: getattr(self, key) for key in CHECKPOINTED}
+        if self.adaptive is not None:
+            checkpoint["bpttlab_truncation"] = self.adaptive.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for key, value in checkpoint.get("bpttlab", {}).items():
             setattr(self, key, value)
+        if self.adaptive is not None and "bpttlab_truncation" in checkpoint:
+            self.adaptive.load_state_dict(checkpoint["bpttlab_truncation"])
+            self.windows = self.adaptive.windows()
 
 
 @dataclass
