@@ -127,13 +127,14 @@ class AdaptiveTruncation:
             return parameter_gradient(model, on, windows, position_losses, probes, hooks())
 
         k, bias, measured = self.choose(gradient)
-        full, truncated = gradient(self.seq_len, held_out), gradient(k, held_out)
+        full = gradient(self.seq_len, held_out).double()
+        truncated = full if k >= self.seq_len else gradient(k, held_out).double()
         profile = probe.profiles()[f"{model.state_names[0]}_layer0"]
         adaptation = Adaptation(
             step=step,
             truncation=k,
             bias=bias,
-            relative_error=relative_error(truncated.double(), full.double()),
+            relative_error=relative_error(truncated, full),
             cosine=torch.nn.functional.cosine_similarity(full, truncated, dim=0).item(),
             decay_per_step=profile_summary(profile, 1e-3)["decay_per_step"],
             measured=measured,

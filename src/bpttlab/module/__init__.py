@@ -46,7 +46,7 @@ class SequenceModule(L.LightningModule):
         model: the network (its fast and unrolled paths share weights).
         task: the sequence task that generates batches and scores outputs.
         optimizer: a factory ``params -> Optimizer`` (e.g. a ``functools.partial``).
-        bptt: full or truncated BPTT schedule.
+        bptt: full or truncated BPTT schedule, or one whose truncation is chosen in training.
         clipping: gradient clipping.
         batch_size: sequences per training batch.
         val_batches: fixed validation batches of ``batch_size`` sequences.
