@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -54,6 +55,10 @@ def logged(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     return {key: [(e.step, e.value) for e in events.Scalars(f"bptt/{key}")] for key in LOGGED}
+
+
+def profiles(run_dir: Path) -> dict[str, dict[str, np.ndarray]]:
+    return {p.name: dict(np.load(p)) for p in sorted((run_dir / "grad_flow").glob("*.npz"))}
 
 
 def test_every_choice_reaches_tensorboard_metrics_and_the_checkpoint(tmp_path):
@@ -105,3 +110,6 @@ def test_sigterm_and_resume_across_a_change_of_truncation_equals_an_uninterrupte
     w2 = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
     assert logged(cut) == logged(whole)
+    p1, p2 = profiles(whole), profiles(cut)  # gradient-flow probes, windows as K set them
+    assert p1.keys() == p2.keys() and len(p1) >= 10
+    assert all(np.array_equal(p1[f][k], p2[f][k]) for f in p1 for k in p1[f])
