@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from conftest import small_module
 
 from bpttlab import BPTT, RecurrentNet
 from bpttlab.bptt.adaptive import AdaptiveTruncation, truncation_grid
@@ -19,18 +20,8 @@ from bpttlab.model import detach_state
 from bpttlab.tasks import AddingTask, Batch, BatchSource, CopyTask, Task
 
 
-def model_for(task: Task, kind: str, seed: int = 0, hidden_size: int = 8) -> RecurrentNet:
-    torch.manual_seed(seed)
-    model = RecurrentNet(
-        task.input_size,
-        task.output_size,
-        token_input=task.token_input,
-        kind=kind,
-        hidden_size=hidden_size,
-        embedding_dim=5,
-        t_max=task.seq_len,
-    )
-    return model.double()
+def model_for(task: Task, kind: str) -> RecurrentNet:
+    return small_module(task, kind=kind, hidden_size=8).model.double()
 
 
 def batch_of(task: Task, step: int, batch_size: int = 16) -> Batch:

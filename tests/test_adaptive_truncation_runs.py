@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from signal import SIGTERM
 
 import numpy as np
 import pytest
 import torch
+from conftest import signal_after_first_checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 CLI = str(Path(sys.executable).parent / "bpttlab-train")
@@ -85,19 +85,9 @@ def test_sigterm_and_resume_across_a_change_of_truncation_equals_an_uninterrupte
     run([*args, f"hydra.run.dir={whole}"], tmp_path)
 
     cut = tmp_path / "cut"
-    process = subprocess.Popen(
-        [CLI, *args, f"hydra.run.dir={cut}"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (cut / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM.value, stderr[-3000:]
+    command = [CLI, *args, f"hydra.run.dir={cut}"]
+    returncode, stdout, stderr = signal_after_first_checkpoint(command, tmp_path, cut, SIGTERM)
+    assert returncode == 128 + SIGTERM.value, stderr[-3000:]
     stopped_at = json.loads((cut / "metrics.json").read_text())["steps"]
     in_force = [c["truncation"] for c in history(whole) if c["step"] < stopped_at][-1]
     later = [c["truncation"] for c in history(whole) if c["step"] >= stopped_at]
