@@ -20,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 CLI = str(Path(sys.executable).parent / "bpttlab-train")
 ARGS = [
     "bptt=auto",
+    "threads=1",  # two threads on a loaded 2-core machine made these runs 10x slower
     "bptt.max_bias=0.05",
     "bptt.adapt_every_n_steps=20",
     "cell=gru",
