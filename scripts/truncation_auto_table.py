@@ -5,7 +5,7 @@ wall seconds, and the K that auto chose; the figure draws, per auto run, K again
 optimiser step with the gradient profile's reach (``steps_in_past`` x T, from the run's
 gradient-flow probes) beside it.
 
-    bpttlab-train experiment=truncation_auto task=adding task.gap=100 seed=0,1,2
+    bpttlab-train -m experiment=truncation_auto task=adding task.gap=100 seed=0,1,2
     python scripts/truncation_auto_table.py outputs/multirun --figure docs/figures/truncation_auto.png
 """
 

@@ -26,7 +26,7 @@ from bpttlab.clipping import Clipping
 from bpttlab.model import RecurrentNet
 from bpttlab.module.hparams import hyperparameters
 from bpttlab.module.scalars import TrainingScalars
-from bpttlab.module.truncation import adapt_truncation
+from bpttlab.module.truncation import load_truncation, save_truncation, windows_for
 from bpttlab.tasks import Batch, BatchSource, Task
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -77,7 +77,7 @@ class SequenceModule(L.LightningModule):
         self.data = BatchSource(task, seed, self.batch_size, integer("val_batches", val_batches, 1))
         self.stop_when_solved = stop_when_solved
         self.windows = self.bptt.windows(task.seq_len)
-        self.adaptive = self.bptt.adaptive(task.seq_len)  # chooses the windows, or None
+        self.adaptive = self.bptt.adaptive(task.seq_len)  # under auto: chooses the windows
         self.save_hyperparameters(
             hyperparameters(model, task, optimizer, self.bptt, self.clipping)
             | {"batch_size": batch_size, "val_batches": val_batches, "seed": seed}
@@ -99,8 +99,7 @@ class SequenceModule(L.LightningModule):
     def updates_per_batch(self) -> int:
         """Optimiser steps per batch: one per window that holds targets."""
         mask = self.data.loss_mask()
-        windows = self.bptt.windows(self.task.seq_len)  # under auto the fewest steps per batch
-        return sum(bool(mask[w.loss_start : w.end].any()) for w in windows)
+        return sum(bool(mask[w.loss_start : w.end].any()) for w in self.windows)
 
     def train_dataloader(self) -> DataLoader:
         # Batches are made on the device in training_step; the loader only paces the loop.
@@ -115,29 +114,19 @@ class SequenceModule(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------------
     def trace_next_step(self, probe: TraceHook) -> None:
-        """Trace the next training step, with ``probe`` (reading gradients only) on every
-        Trace."""
+        """Trace the next training step, with ``probe`` (reading gradients only) on every Trace."""
         self._next_hooks.append(probe)
 
     def window_losses(self, batch: Batch, windows: list[Window], probes=()) -> Iterator[Tensor]:
         """``run_windows`` with this module's loss, backward and per-timestep clipping."""
-        return run_windows(
-            self.model,
-            batch,
-            windows,
-            self.task.position_losses,
-            probes=probes,
-            hooks=self.clipping.trace_hooks(self.batch_size),
-            backward=self.manual_backward,
-        )
+        hooks, losses = self.clipping.trace_hooks(self.batch_size), self.task.position_losses
+        return run_windows(self.model, batch, windows, losses, probes, hooks, self.manual_backward)
 
     def training_step(self, _index: int, _batch_idx: int) -> None:
         step = self.global_step
         hooks, self._next_hooks = self._next_hooks, []
         batch = self.train_batch(step)
-        if self.adaptive is not None and self.adaptive.due(step):
-            adapt_truncation(self, step, batch)
-        losses = self.window_losses(batch, self.windows, hooks)
+        losses = self.window_losses(batch, windows_for(self, step, batch), hooks)
         updates = BatchUpdates.run(losses, self.optimizers(), self.clipping, self.model)
         if updates.diverged:
             self._diverge(step)
@@ -193,15 +182,12 @@ class SequenceModule(L.LightningModule):
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["bpttlab"] = {key: getattr(self, key) for key in CHECKPOINTED}
-        if self.adaptive is not None:
-            checkpoint["bpttlab_truncation"] = self.adaptive.state_dict()
+        save_truncation(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for key, value in checkpoint.get("bpttlab", {}).items():
             setattr(self, key, value)
-        if self.adaptive is not None and "bpttlab_truncation" in checkpoint:
-            self.adaptive.load_state_dict(checkpoint["bpttlab_truncation"])
-            self.windows = self.adaptive.windows()
+        load_truncation(self, checkpoint)
 
 
 @dataclass
