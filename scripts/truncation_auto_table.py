@@ -2,8 +2,9 @@
 of ``experiment=truncation_auto``: per task, gap and schedule, over its seeds, the report's
 summary (solved k/n, median step to solve, or the mean final normalised loss), sequences seen,
 wall seconds, and the K that auto chose; the figure draws, per auto run, K against the
-optimiser step with the gradient profile's reach (``steps_in_past`` x T, from the run's
-gradient-flow probes) beside it.
+optimiser step with, beside it, how far back the full gradient reaches in the full-BPTT run of
+the same seed (``steps_in_past`` x T, from its gradient-flow probes; an auto run's own probes
+see its truncated gradient).
 
     bpttlab-train -m experiment=truncation_auto task=adding task.gap=100 seed=0,1,2
     python scripts/truncation_auto_table.py outputs/multirun --figure docs/figures/truncation_auto.png
@@ -58,12 +59,12 @@ def rows(groups) -> list[list[str]]:
         ks = [k for run in done for _, k in chosen(run)]
         table.append(
             [
-                f"{first.hparams['task']} {first.config['task.gap']}",
+                task_of(first),
                 SCHEDULES.get(truncation, str(truncation)),
                 group.summary()["summary"],
                 spread([r.number("sequences") for r in done], ".0f"),
                 spread([r.number("wall_seconds") for r in done], ".1f"),
-                spread(ks, "d") + f" (last: {spread([chosen(r)[-1][1] for r in done], 'd')})"
+                spread(ks, ".0f") + f" (last: {spread([chosen(r)[-1][1] for r in done], '.0f')})"
                 if ks
                 else "",
             ]
@@ -72,23 +73,30 @@ def rows(groups) -> list[list[str]]:
 
 
 def figure(groups, path: Path) -> None:
+    """Per task and gap, each auto seed's K (solid) and, dotted, steps_in_past x T of the
+    full-BPTT run of the same seed: how far back the full gradient reaches at that step."""
     autos = [g for g in groups if g.first.config.get("bptt.truncation") == "auto"]
+    fulls = {task_of(g.first): g for g in groups if g.first.config.get("bptt.truncation") is None}
     fig, axes = plt.subplots(1, len(autos), figsize=(4.2 * len(autos), 3.2), squeeze=False)
     for ax, group in zip(axes[0], autos, strict=True):
+        full_runs = {r.seed: r for r in fulls[task_of(group.first)].finished}
         for i, run in enumerate(group.finished):
             steps, ks = zip(*chosen(run), strict=True)
             ax.step(steps, ks, where="post", color=f"C{i}", label=f"K, seed {run.seed}")
-            if reach(run):
-                probe_steps, past = zip(*reach(run), strict=True)
+            if run.seed in full_runs and reach(full_runs[run.seed]):
+                probe_steps, past = zip(*reach(full_runs[run.seed]), strict=True)
                 ax.plot(probe_steps, past, ":", marker=".", color=f"C{i}")
-        first = group.first
-        ax.set_title(f"{first.hparams['task']} {first.config['task.gap']}")
+        ax.set_title(task_of(group.first))
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("timesteps")
-    axes[0][0].plot([], [], ":", color="grey", label="steps_in_past x T")
+    axes[0][0].plot([], [], ":", color="grey", label="full BPTT: steps_in_past x T")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def task_of(run) -> str:
+    return f"{run.hparams['task']} {run.config['task.gap']}"
 
 
 def main(argv: list[str] | None = None) -> None:
