@@ -77,9 +77,12 @@ def figure(groups, path: Path) -> None:
     full-BPTT run of the same seed: how far back the full gradient reaches at that step."""
     autos = [g for g in groups if g.first.config.get("bptt.truncation") == "auto"]
     fulls = {task_of(g.first): g for g in groups if g.first.config.get("bptt.truncation") is None}
+    if not autos:
+        return
     fig, axes = plt.subplots(1, len(autos), figsize=(4.2 * len(autos), 3.2), squeeze=False)
     for ax, group in zip(axes[0], autos, strict=True):
-        full_runs = {r.seed: r for r in fulls[task_of(group.first)].finished}
+        full = fulls.get(task_of(group.first))
+        full_runs = {r.seed: r for r in full.finished} if full else {}
         for i, run in enumerate(group.finished):
             steps, ks = zip(*chosen(run), strict=True)
             ax.step(steps, ks, where="post", color=f"C{i}", label=f"K, seed {run.seed}")
