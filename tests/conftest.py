@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import subprocess
+import time
 import warnings
 from pathlib import Path
 
@@ -141,3 +143,20 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+def signal_after_first_checkpoint(
+    command: list[str], cwd: Path, run_dir: Path, sig: int, delay: float = 0.0
+) -> tuple[int, str, str]:
+    """Start ``command``, send it ``sig`` ``delay`` seconds after ``run_dir`` holds its first
+    checkpoint, and wait: (return code, stdout, stderr)."""
+    process = subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(delay)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    return process.returncode, stdout, stderr

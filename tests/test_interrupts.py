@@ -9,12 +9,12 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import signal_after_first_checkpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 CLI = str(Path(sys.executable).parent / "bpttlab-train")
@@ -83,20 +83,10 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(tmp_path, sig, schedu
     run([*args, f"hydra.run.dir={whole}"], tmp_path)
 
     cut = tmp_path / "cut"
-    process = subprocess.Popen(
-        [CLI, *args, f"hydra.run.dir={cut}"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not (cut / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 0.05))
-    process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + sig.value, stderr[-3000:]
+    command = [CLI, *args, f"hydra.run.dir={cut}"]
+    delay = random.uniform(0.0, 0.05)
+    returncode, stdout, stderr = signal_after_first_checkpoint(command, tmp_path, cut, sig, delay)
+    assert returncode == 128 + sig.value, stderr[-3000:]
     metrics = json.loads((cut / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and 0 < metrics["steps"] < STEPS
     last = stdout.strip().splitlines()[-1]

@@ -11,6 +11,7 @@ load Lightning.
 from importlib import import_module
 
 _HOMES = {
+    "AdaptiveTruncation": "bpttlab.bptt.adaptive",
     "BPTT": "bpttlab.bptt",
     "Window": "bpttlab.bptt",
     "run_windows": "bpttlab.bptt",

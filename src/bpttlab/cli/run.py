@@ -195,7 +195,8 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) ->
 
 def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -> dict[str, Any]:
     """The numbers metrics.json records; non-finite values become null. ``paths``: per layer,
-    the path it ran (``cells.paths.LayerPath``) in each kind of call this process made."""
+    the path it ran (``cells.paths.LayerPath``) in each kind of call this process made;
+    ``truncation_history``: under ``bptt.truncation=auto`` every choice of K (else null)."""
     val = module.val_metrics
     loss = val.get("loss")
     finite = loss is not None and math.isfinite(loss)
@@ -215,4 +216,5 @@ def summarise(module: SequenceModule, trainer: L.Trainer, wall_seconds: float) -
         "freed_memory_kept": freed_memory_kept(),
         "compiled_kernels": compiled_in_effect(),
         "paths": module.model.paths,
+        "truncation_history": module.adaptive.records() if module.adaptive else None,
     }

@@ -129,7 +129,8 @@ class GradientFlow(L.Callback):
         task, step = pl_module.task, probe.step
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         path = self.profile_dir / f"step_{step:06d}.npz"
-        truncation, cuts = pl_module.bptt.truncation, boundaries(pl_module)
+        adaptive, cuts = pl_module.adaptive, boundaries(pl_module)
+        truncation = adaptive.truncation if adaptive else pl_module.bptt.truncation
         save_profile(path, step, task.seq_len, truncation, cuts, task.landmarks(), profiles, full)
         log_scalars(trainer.loggers, self._scalars(profiles, full, reference), step)
         writer = tensorboard_writer(trainer)

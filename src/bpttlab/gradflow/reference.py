@@ -6,9 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import Tensor
 
-from bpttlab.bptt import BPTT, TraceHook, Window, run_windows
+from bpttlab.bptt import BPTT, TraceHook, parameter_gradient
 from bpttlab.module import SequenceModule
 
 
@@ -18,18 +17,10 @@ def full_gradient_reference(module: SequenceModule, step: int, hook: TraceHook) 
     Leaves no gradient and no clipping count behind."""
     batch = module.train_batch(step)
     clipping = dataclasses.replace(module.clipping)  # its own count of clipped deltas
-    parameters = list(module.model.parameters())
-
-    def flat_gradient(windows: list[Window], probes: list[TraceHook]) -> Tensor:
-        hooks = clipping.trace_hooks(module.batch_size)
-        position_losses = module.task.position_losses
-        losses = run_windows(module.model, batch, windows, position_losses, probes, hooks)
-        for _ in losses:
-            pass
-        flat = torch.cat([p.grad.flatten() for p in parameters if p.grad is not None])
-        module.model.zero_grad(set_to_none=True)
-        return flat
-
-    full = flat_gradient(BPTT().windows(module.task.seq_len), [hook])
-    truncated = flat_gradient(module.windows, [])
+    model, losses = module.model, module.task.position_losses
+    full_windows = BPTT().windows(module.task.seq_len)
+    hooks = clipping.trace_hooks(module.batch_size)
+    full = parameter_gradient(model, batch, full_windows, losses, [hook], hooks)
+    hooks = clipping.trace_hooks(module.batch_size)
+    truncated = parameter_gradient(model, batch, module.windows, losses, [], hooks)
     return torch.nn.functional.cosine_similarity(full, truncated, dim=0).item()

@@ -26,6 +26,7 @@ from bpttlab.clipping import Clipping
 from bpttlab.model import RecurrentNet
 from bpttlab.module.hparams import hyperparameters
 from bpttlab.module.scalars import TrainingScalars
+from bpttlab.module.truncation import load_truncation, save_truncation, windows_for
 from bpttlab.tasks import Batch, BatchSource, Task
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -45,7 +46,7 @@ class SequenceModule(L.LightningModule):
         model: the network (its fast and unrolled paths share weights).
         task: the sequence task that generates batches and scores outputs.
         optimizer: a factory ``params -> Optimizer`` (e.g. a ``functools.partial``).
-        bptt: full or truncated BPTT schedule.
+        bptt: full or truncated BPTT schedule, or one whose truncation is chosen in training.
         clipping: gradient clipping.
         batch_size: sequences per training batch.
         val_batches: fixed validation batches of ``batch_size`` sequences.
@@ -76,6 +77,7 @@ class SequenceModule(L.LightningModule):
         self.data = BatchSource(task, seed, self.batch_size, integer("val_batches", val_batches, 1))
         self.stop_when_solved = stop_when_solved
         self.windows = self.bptt.windows(task.seq_len)
+        self.adaptive = self.bptt.adaptive(task.seq_len)  # under auto: chooses the windows
         self.save_hyperparameters(
             hyperparameters(model, task, optimizer, self.bptt, self.clipping)
             | {"batch_size": batch_size, "val_batches": val_batches, "seed": seed}
@@ -115,20 +117,14 @@ class SequenceModule(L.LightningModule):
 
     def window_losses(self, batch: Batch, windows: list[Window], probes=()) -> Iterator[Tensor]:
         """``run_windows`` with this module's loss, backward and per-timestep clipping."""
-        return run_windows(
-            self.model,
-            batch,
-            windows,
-            self.task.position_losses,
-            probes=probes,
-            hooks=self.clipping.trace_hooks(self.batch_size),
-            backward=self.manual_backward,
-        )
+        hooks, losses = self.clipping.trace_hooks(self.batch_size), self.task.position_losses
+        return run_windows(self.model, batch, windows, losses, probes, hooks, self.manual_backward)
 
     def training_step(self, _index: int, _batch_idx: int) -> None:
         step = self.global_step
         hooks, self._next_hooks = self._next_hooks, []
-        losses = self.window_losses(self.train_batch(step), self.windows, hooks)
+        batch = self.train_batch(step)
+        losses = self.window_losses(batch, windows_for(self, step, batch), hooks)
         updates = BatchUpdates.run(losses, self.optimizers(), self.clipping, self.model)
         if updates.diverged:
             self._diverge(step)
@@ -184,10 +180,12 @@ class SequenceModule(L.LightningModule):
     # -- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["bpttlab"] = {key: getattr(self, key) for key in CHECKPOINTED}
+        save_truncation(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         for key, value in checkpoint.get("bpttlab", {}).items():
             setattr(self, key, value)
+        load_truncation(self, checkpoint)
 
 
 @dataclass

@@ -6,9 +6,12 @@ take one optimiser step (the last window of a sequence may hold fewer than k1 st
 window with its graph cut (detached), so no gradient flows back more than k2 steps. With
 k1 = k2 the windows are disjoint chunks; with k1 < k2 they overlap and the overlapping steps
 are run again. ``truncation=None`` is full BPTT: one window over the whole sequence.
+``truncation="auto"`` leaves k2 = k1 to be chosen during training from the measured gradient
+(``adaptive.AdaptiveTruncation``, made by ``BPTT.adaptive``).
 
 ``run_windows`` runs such a schedule over a batch: for training, and for any caller that wants
-a gradient at fixed weights (the full-BPTT reference of gradient flow, the bench).
+a gradient at fixed weights (``parameter_gradient``: the full-BPTT reference of gradient flow,
+the measurements of ``truncation="auto"``, the bench).
 """
 
 from __future__ import annotations
@@ -37,20 +40,35 @@ class Window:
     end: int
 
 
+AUTO = "auto"
+"""``BPTT.truncation`` that chooses k2 during training (``adaptive.AdaptiveTruncation``)."""
+
+
 @dataclass
 class BPTT:
-    """How far gradients flow back in time, and how often the optimiser steps."""
+    """How far gradients flow back in time, and how often the optimiser steps. The last four
+    fields are read only under ``truncation="auto"`` (see ``adaptive.AdaptiveTruncation``)."""
 
-    truncation: int | None = None  # k2; None: full BPTT
+    truncation: int | str | None = None  # k2; None: full BPTT; "auto": chosen in training
     update_every: int | None = None  # k1 <= k2; None: the truncation
+    max_bias: float = 0.1  # auto: the largest relative error of the truncated gradient
+    min_truncation: int = 1  # auto: the smallest k2 it may choose
+    max_truncation: int | None = None  # auto: the largest; None: the sequence length
+    adapt_every_n_steps: int = 100  # auto: optimiser steps between choices
 
     def __post_init__(self) -> None:
-        checks.integer("truncation", self.truncation, 1, optional=True)
+        if self.truncation != AUTO and not _is_truncation(self.truncation):
+            raise checks.ConfigError("truncation", self.truncation, "an integer >= 1, auto or null")
         checks.integer("update_every", self.update_every, 1, optional=True)
+        check_adaptive(
+            self.max_bias, self.min_truncation, self.max_truncation, self.adapt_every_n_steps
+        )
         if self.update_every is not None:
-            if self.truncation is None:
+            if self.truncation in (None, AUTO):
                 raise checks.ConfigError(
-                    "update_every", self.update_every, "null when truncation is null"
+                    "update_every",
+                    self.update_every,
+                    f"null when truncation is {self.truncation or 'null'}",
                 )
             if self.update_every > self.truncation:
                 raise checks.ConfigError(
@@ -59,12 +77,31 @@ class BPTT:
                     f"an integer from 1 to truncation={self.truncation}, or null",
                 )
 
+    def adaptive(self, seq_len: int):
+        """The ``AdaptiveTruncation`` that chooses k2 for ``seq_len``-step sequences under
+        ``truncation="auto"``, else None."""
+        from bpttlab.bptt.adaptive import AdaptiveTruncation  # it runs windows: imports this
+
+        if self.truncation != AUTO:
+            return None
+        return AdaptiveTruncation(
+            seq_len,
+            self.max_bias,
+            self.min_truncation,
+            self.max_truncation,
+            self.adapt_every_n_steps,
+        )
+
     @property
     def k1(self) -> int | None:
         return self.update_every or self.truncation
 
     def windows(self, seq_len: int) -> list[Window]:
-        """The windows covering a sequence of ``seq_len`` steps, in order."""
+        """The windows covering a sequence of ``seq_len`` steps, in order; under
+        ``truncation="auto"`` those of the longest truncation it may choose (the fewest
+        optimiser steps per batch)."""
+        if self.truncation == AUTO:
+            return BPTT(self.max_truncation).windows(seq_len)
         if self.truncation is None:
             return [Window(0, seq_len, 0, seq_len)]
         k1, k2 = self.k1, self.truncation
@@ -73,6 +110,20 @@ class BPTT:
         starts = [max(s - (k2 - k1), 0) for s in loss_starts]  # k2 steps back from a full k1
         carries = starts[1:] + [ends[-1]]
         return [Window(*w) for w in zip(starts, carries, loss_starts, ends, strict=True)]
+
+
+def _is_truncation(value: object) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def check_adaptive(
+    max_bias: float, min_truncation: int, max_truncation: int | None, adapt_every_n_steps: int
+) -> None:
+    """The settings of ``truncation="auto"``: ConfigError naming the first one out of range."""
+    checks.positive("max_bias", max_bias)
+    low = checks.integer("min_truncation", min_truncation, 1)
+    checks.integer("max_truncation", max_truncation, low, optional=True)
+    checks.integer("adapt_every_n_steps", adapt_every_n_steps, 1)
 
 
 def shared_timesteps(windows: Sequence[Window]) -> frozenset[int]:
@@ -157,3 +208,25 @@ def run_window(
         if end == window.carry:
             carried = state
     return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0], carried, traces
+
+
+def parameter_gradient(
+    model: RecurrentNet,
+    batch: Batch,
+    windows: list[Window],
+    position_losses: Callable[[Tensor, Batch], Tensor],
+    probes: Sequence[TraceHook] = (),
+    hooks: Sequence[TraceHook] = (),
+) -> Tensor:
+    """The gradient of ``windows``' losses over ``batch`` at the model's current weights (the
+    windows' gradients added up, no optimiser step between them), flat, in the order of
+    ``model.parameters()``; a parameter no gradient reaches counts as zeros. Leaves no
+    gradient behind."""
+    for _ in run_windows(model, batch, windows, position_losses, probes, hooks):
+        pass
+    parameters = list(model.parameters())
+    flat = torch.cat(
+        [p.grad.flatten() if p.grad is not None else p.new_zeros(p.numel()) for p in parameters]
+    )
+    model.zero_grad(set_to_none=True)
+    return flat
