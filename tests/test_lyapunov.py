@@ -23,14 +23,14 @@ def make(kind: str, hidden: int, **options) -> torch.nn.Module:
 
 def test_lru_exponents_are_log_moduli_each_twice():
     cell = make("lru", 4, state_size=3)
-    rates = torch.tensor([0.02, 0.1, 0.3], dtype=torch.float64)  # -log |lambda_i|
+    rates = torch.tensor([0.05, 0.3, 1.0], dtype=torch.float64)  # -log |lambda_i|
     with torch.no_grad():
         cell.nu_log.copy_(rates.log())
-    expected = torch.tensor([-0.02, -0.02, -0.1, -0.1, -0.3, -0.3], dtype=torch.float64)
-    xs = inputs(400)
-    with torch.no_grad():
-        every = lyapunov_spectrum(cell, xs, k=10, warmup=200)
-        top = lyapunov_spectrum(cell, xs, k=2, reorth_every=5, warmup=200)
+    expected = torch.tensor([-0.05, -0.05, -0.3, -0.3, -1.0, -1.0], dtype=torch.float64)
+    xs = inputs(100)
+    with torch.no_grad():  # 60 steps of warm-up align the basis to exp(-0.25 * 60) ~ 3e-7
+        every = lyapunov_spectrum(cell, xs, k=10, warmup=60)
+        top = lyapunov_spectrum(cell, xs, k=2, reorth_every=5, warmup=60)
     torch.testing.assert_close(every, expected, rtol=0, atol=1e-9)
     torch.testing.assert_close(top, expected[:2], rtol=0, atol=1e-9)
 
@@ -158,7 +158,9 @@ def test_torch_cells_match_a_float64_qr_over_hand_written_jacobians(
         got = lyapunov_spectrum(cell, xs, state, k, reorth_every, warmup)
         want = reference_spectrum(jacobian, cell, xs, state, min(k, n), reorth_every, warmup)
     assert got.shape == (min(k, n),)
-    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    # between QRs the weakest directions fold onto the strongest and lose digits: the two
+    # computations, in different orders, then agree to a relative 1e-7 (1e-10 with a QR every step)
+    torch.testing.assert_close(got, want, rtol=0 if reorth_every == 1 else 1e-7, atol=1e-10)
 
 
 def test_bad_arguments_name_the_argument():
