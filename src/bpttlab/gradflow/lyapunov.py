@@ -126,11 +126,10 @@ def lyapunov_spectrum(
 def layer_inputs(model, inputs: Tensor) -> list[Tensor]:
     """The input sequence of every layer of a RecurrentNet ``model`` run on ``inputs`` from its
     zero state: the encoder's output, then each layer's output."""
-    x = model.encoder(inputs)
-    seen = []
-    for cell in model.layers:
-        seen.append(x)
-        x = cell(x, cell.default_state(x))[0]
+    seen = [model.encoder(inputs)]
+    for cell in model.layers[:-1]:
+        x = seen[-1]
+        seen.append(cell(x, cell.default_state(x))[0])
     return seen
 
 
