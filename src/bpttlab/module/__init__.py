@@ -137,10 +137,7 @@ class SequenceModule(L.LightningModule):
         step = self.global_step
         hooks, self._next_hooks = self._next_hooks, []
         batch = self.train_batch(step)
-        if self.flossing.due(step):  # its gradient joins the first window's update
-            self.manual_backward(
-                self.flossing.weight * self.flossing.loss(self.model, batch.inputs)
-            )
+        self.flossing.add_gradient(self, step, batch.inputs)  # joins the first window's update
         losses = self.window_losses(batch, self.windows, hooks)
         updates = BatchUpdates.run(losses, self.optimizers(), self.clipping, self.model)
         if updates.diverged:
@@ -153,8 +150,7 @@ class SequenceModule(L.LightningModule):
         self.scalars.add(self.trainer, self.batches, *updates.scalars(), clipped_fraction)
 
     def on_train_start(self) -> None:
-        if self.global_step == 0 and not self.flossed_before:
-            self.flossed_before = len(self.flossing.before_training(self))
+        self.flossed_before += len(self.flossing.before_training(self))
         self.scalars.start(self.trainer)
 
     def on_train_end(self) -> None:

@@ -26,6 +26,13 @@ from bpttlab.gradflow.lyapunov import network_spectra
 from bpttlab.module.scalars import log_scalars
 
 
+def non_negative(key: str, value: object) -> float:
+    """``value`` as a finite float >= 0, else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise checks.ConfigError(key, value, "a finite number >= 0")
+    return float(value)
+
+
 class Flossing:
     """Gradient flossing settings and its loss (see the module docstring).
 
@@ -45,17 +52,14 @@ class Flossing:
         every_n_steps: int = 1,
         until_step: int | None = None,
     ):
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, int | float)
-            or not 0 <= weight < math.inf
-        ):
-            raise checks.ConfigError("weight", weight, "a finite number >= 0")
-        self.weight = float(weight)
-        self.k = checks.integer("k", k, 1)
-        self.steps_before = checks.integer("steps_before", steps_before, 0)
-        self.every_n_steps = checks.integer("every_n_steps", every_n_steps, 1)
-        self.until_step = checks.integer("until_step", until_step, 0, optional=True)
+        try:  # errors name the key as the config spells it: flossing.k
+            self.weight = non_negative("weight", weight)
+            self.k = checks.integer("k", k, 1)
+            self.steps_before = checks.integer("steps_before", steps_before, 0)
+            self.every_n_steps = checks.integer("every_n_steps", every_n_steps, 1)
+            self.until_step = checks.integer("until_step", until_step, 0, optional=True)
+        except checks.ConfigError as error:
+            raise error.under("flossing") from None
 
     def loss(self, model, inputs: Tensor) -> Tensor:
         """sum over layers and i <= k of lambda_i^2 along ``inputs``, differentiable."""
@@ -67,12 +71,19 @@ class Flossing:
             return False
         return self.until_step is None or step < self.until_step
 
+    def add_gradient(self, module, step: int, inputs: Tensor) -> None:
+        """On a step that is ``due``, backpropagate ``weight`` x the flossing loss along
+        ``inputs`` into the gradients of a SequenceModule ``module``'s model."""
+        if self.due(step):
+            module.manual_backward(self.weight * self.loss(module.model, inputs))
+
     def before_training(self, module) -> list[float]:
         """``steps_before`` steps on the flossing loss alone of a SequenceModule ``module``'s
         model, on the inputs of its training batches 0, 1, ..., by a fresh optimiser from its
-        factory; logs the first and last loss at step 0 and returns every step's loss. A
-        non-finite loss ends them before its step."""
-        if not self.steps_before:
+        factory, unless it has trained or flossed already (a resumed run); logs the first and
+        last loss at step 0 and returns every step's loss. A non-finite loss ends them before
+        its step."""
+        if not self.steps_before or module.global_step or module.flossed_before:
             return []
         model = module.model
         optimizer = module.optimizer_factory(model.optimizer_groups())
