@@ -4,6 +4,9 @@ TensorBoard's own EventAccumulator) and gradient flossing (``module.flossing``).
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +161,23 @@ def test_flossing_during_training_joins_the_update(tmp_path):
         expected = start[name] - lr * (total if isinstance(total, torch.Tensor) else 0.0)
         torch.testing.assert_close(p.detach(), expected, rtol=1e-4, atol=1e-6, msg=name)
     assert any(g is not None and g.abs().sum() > 0 for g in floss_grads)
+
+
+@pytest.mark.slow
+def test_command_line_run_saves_spectra_in_the_run_dir(tmp_path):
+    """`bpttlab-train` with the callback on and flossing before training: spectra in
+    <run_dir>/lyapunov, their scalars and the flossing losses in the run's event files."""
+    cli = str(Path(sys.executable).parent / "bpttlab-train")
+    args = ["cell=rnn", "cell.hidden_size=8", "module.batch_size=4", "module.val_batches=1"]
+    args += ["task=copy", "task.gap=5", "trainer.max_steps=3", "~callbacks.grad_flow"]
+    args += ["callbacks.lyapunov.every_n_steps=2", "callbacks.lyapunov.warmup=3"]
+    args += ["module.flossing.steps_before=3", "module.flossing.k=2"]
+    result = subprocess.run([cli, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = (tmp_path / "outputs" / "runs").glob("*/*")
+    saved = sorted(p.name for p in (run_dir / "lyapunov").glob("step_*.npz"))
+    assert saved == ["step_000000.npz", "step_000002.npz"]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("lyapunov/layer0/leading")] == [0, 2]
+    assert len(events.Scalars("flossing/before_last_loss")) == 1
