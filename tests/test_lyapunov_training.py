@@ -181,3 +181,30 @@ def test_command_line_run_saves_spectra_in_the_run_dir(tmp_path):
     events.Reload()
     assert [e.step for e in events.Scalars("lyapunov/layer0/leading")] == [0, 2]
     assert len(events.Scalars("flossing/before_last_loss")) == 1
+
+
+@pytest.mark.slow
+def test_report_draws_the_spectra_of_a_sweep_over_seeds(tmp_path):
+    """Two seeds measured at steps 0 and 1: bpttlab-report's spectra.png, from each step's
+    leading exponents of layer 0 as the seeds' npz files hold them."""
+    cli = str(Path(sys.executable).parent / "bpttlab-train")
+    args = ["-m", "seed=0,1", "cell=gru", "cell.hidden_size=8", "module.batch_size=4"]
+    args += ["module.val_batches=1", "task=copy", "task.gap=5", "trainer.max_steps=2"]
+    args += ["~callbacks.grad_flow", "callbacks.lyapunov.every_n_steps=1", "hydra.sweep.dir=sweep"]
+    result = subprocess.run([cli, *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    from bpttlab.analysis.report import report
+    from bpttlab.analysis.spectra import leading_exponents
+    from bpttlab.analysis.sweep import group_runs, read_runs
+
+    out = report(tmp_path / "sweep")
+    assert (out / "spectra.png").stat().st_size > 0
+    (group,) = group_runs(read_runs(tmp_path / "sweep"))
+    steps, matrix = leading_exponents(group)
+    saved = [
+        float(np.load(run.path / "lyapunov" / f"step_{s:06d}.npz")["exponents"][0, 0])
+        for run in group.finished
+        for s in (0, 1)
+    ]
+    assert steps == [0, 1] and matrix.shape == (2, 2)
+    assert sorted(matrix.ravel().tolist()) == sorted(saved)
