@@ -17,7 +17,8 @@ and writes into DIR (default PATH/report):
   same rows), the failed runs with their error, the invalid runs and the duplicates with their
   paths and, when task or gap vary, the summary cells as a grid: a row per setting, a column
   per task and gap.
-- results.png, curves.png, profiles.png (``bpttlab.analysis.figures``).
+- results.png, curves.png, profiles.png (``bpttlab.analysis.figures``); spectra.png where the
+  runs saved Lyapunov spectra (``bpttlab.analysis.spectra``).
 - with ``--compare KEY=A,B``: compare_<KEY>.md, the per-seed paired differences B - A and their
   sign and Wilcoxon tests (``bpttlab.analysis.compare``), also printed.
 - with ``--profiles KEY=A,B``: profiles_<KEY>.png, the gradient profiles of the groups with
@@ -37,6 +38,7 @@ from typing import Any
 from bpttlab.analysis import compare as paired
 from bpttlab.analysis import figures as report_figures
 from bpttlab.analysis import overlay
+from bpttlab.analysis.spectra import spectra_figure
 from bpttlab.analysis.sweep import STATUSES, Group, Run, group_runs, read_runs, value, varying
 from bpttlab.checks import ConfigError
 from bpttlab.runs.rundir import check_writable
@@ -209,6 +211,9 @@ def report(
     report_figures.results_figure(groups).savefig(out / "results.png")
     report_figures.curves_figure(groups).savefig(out / "curves.png")
     report_figures.profiles_figure(groups).savefig(out / "profiles.png")
+    (out / "spectra.png").unlink(missing_ok=True)  # drawn only for runs with callbacks.lyapunov
+    if (spectra := spectra_figure(groups)) is not None:
+        spectra.savefig(out / "spectra.png")
     if compare is not None:
         key, a, b = paired.parse(compare)
         counted = [r for g in groups for r in g.counted]  # one run per seed
@@ -268,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
         out = report(args.path, args.out, args.compare, args.profiles, args.step)
     except ValueError as error:
         parser.error(str(error))
-    print(f"report: {out / 'report.md'}\nfigures: {', '.join(str(out / f) for f in FIGURES)}")
+    drawn = [out / f for f in (*FIGURES, "spectra.png") if (out / f).exists()]
+    print(f"report: {out / 'report.md'}\nfigures: {', '.join(str(f) for f in drawn)}")
     if args.compare is not None:
         path = out / f"compare_{paired.parse(args.compare)[0]}.md"
         print(path.read_text(), end="")

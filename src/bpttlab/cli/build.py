@@ -71,7 +71,7 @@ def check_config(cfg: DictConfig, cache: dict | None = None) -> None:
     """Build what a run is made of that can be built without a run dir, to validate ``cfg``.
     With a ``cache`` (a sweep's check), each object is built once per config node."""
     config_checks.check_top_level(cfg)
-    build_module(cfg, cache)
+    module = build_module(cfg, cache)
     _once(cache, "trainer", cfg.trainer, config_checks.check_trainer)
     _once(cache, "optim", cfg.optim, config_checks.check_optim)
     if cfg.get("logger"):
@@ -88,6 +88,24 @@ def check_config(cfg: DictConfig, cache: dict | None = None) -> None:
             "logger",
             None,
             "a logger while callbacks.grad_flow is on (drop it with ~callbacks.grad_flow)",
+        )
+    check_lyapunov(cfg, module.task.seq_len)
+
+
+def check_lyapunov(cfg: DictConfig, seq_len: int) -> None:
+    """Lyapunov spectra, when on, need a logger and a warm-up shorter than the sequences."""
+    lyapunov = (cfg.get("callbacks") or {}).get("lyapunov")
+    if lyapunov is None or lyapunov.get("every_n_steps") is None:
+        return
+    if not cfg.get("logger"):
+        raise checks.ConfigError(
+            "logger", None, "a logger while callbacks.lyapunov.every_n_steps is set (or null it)"
+        )
+    if lyapunov.warmup >= seq_len:  # an integer: the callback's own check ran
+        raise checks.ConfigError(
+            "callbacks.lyapunov.warmup",
+            lyapunov.warmup,
+            f"an integer below the sequence length {seq_len}",
         )
 
 

@@ -24,6 +24,7 @@ from bpttlab.bptt import BPTT, TraceHook, Window, run_windows
 from bpttlab.checks import integer
 from bpttlab.clipping import Clipping
 from bpttlab.model import RecurrentNet
+from bpttlab.module.flossing import Flossing
 from bpttlab.module.hparams import hyperparameters
 from bpttlab.module.scalars import TrainingScalars
 from bpttlab.module.truncation import load_truncation, save_truncation, windows_for
@@ -35,7 +36,7 @@ VALIDATION_CHUNK = 256
 workspace) is freed and reused chunk after chunk; at 1024 steps it made the peak of a long
 sequence's validation 120 MB higher than at 256 (copy, gap 10000, batch 64, hidden 128)."""
 
-CHECKPOINTED = ("batches", "updates", "clipped_updates", "solved_at_step")
+CHECKPOINTED = ("batches", "updates", "clipped_updates", "solved_at_step", "flossed_before")
 """The module's counters that a checkpoint keeps (under ``"bpttlab"``)."""
 
 
@@ -52,6 +53,7 @@ class SequenceModule(L.LightningModule):
         val_batches: fixed validation batches of ``batch_size`` sequences.
         seed: seeds the batches (weights are seeded by the caller).
         stop_when_solved: stop training at the first validation that solves the task.
+        flossing: gradient flossing before or during training (``module.flossing``); None: off.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class SequenceModule(L.LightningModule):
         val_batches: int = 4,
         seed: int = 0,
         stop_when_solved: bool = True,
+        flossing: Flossing | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -76,6 +79,8 @@ class SequenceModule(L.LightningModule):
         self.batch_size = integer("batch_size", batch_size, 1)
         self.data = BatchSource(task, seed, self.batch_size, integer("val_batches", val_batches, 1))
         self.stop_when_solved = stop_when_solved
+        self.flossing = flossing or Flossing()
+        self.flossed_before = 0  # flossing-only steps taken before training
         self.windows = self.bptt.windows(task.seq_len)
         self.adaptive = self.bptt.adaptive(task.seq_len)  # under auto: chooses the windows
         self.save_hyperparameters(
@@ -124,7 +129,9 @@ class SequenceModule(L.LightningModule):
         step = self.global_step
         hooks, self._next_hooks = self._next_hooks, []
         batch = self.train_batch(step)
-        losses = self.window_losses(batch, windows_for(self, step, batch), hooks)
+        windows = windows_for(self, step, batch)
+        self.flossing.add_gradient(self, step, batch.inputs)  # joins the first window's update
+        losses = self.window_losses(batch, windows, hooks)
         updates = BatchUpdates.run(losses, self.optimizers(), self.clipping, self.model)
         if updates.diverged:
             self._diverge(step)
@@ -136,6 +143,7 @@ class SequenceModule(L.LightningModule):
         self.scalars.add(self.trainer, self.batches, *updates.scalars(), clipped_fraction)
 
     def on_train_start(self) -> None:
+        self.flossed_before += len(self.flossing.before_training(self))
         self.scalars.start(self.trainer)
 
     def on_train_end(self) -> None:
