@@ -162,14 +162,7 @@ class SequenceModule(L.LightningModule):
         self._val_sums = sums if batch_idx == 0 else self._val_sums + sums
 
     def metric_sums(self, batch: Batch) -> Tensor:
-        """The task's ``metric_sums`` over ``batch``, the model run ``VALIDATION_CHUNK`` steps at
-        a time with its state carried: memory does not grow with the sequence."""
-        sums, state = 0, None
-        for start in range(0, batch.inputs.shape[1], VALIDATION_CHUNK):
-            end = start + VALIDATION_CHUNK
-            outputs, state, _ = self.model(batch.inputs[:, start:end], state)
-            sums = sums + self.task.metric_sums(outputs, batch.slice(start, end))
-        return sums
+        return chunked_metric_sums(self.model, self.task, batch)
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.task.metrics_from(self._val_sums)
@@ -194,6 +187,17 @@ class SequenceModule(L.LightningModule):
         for key, value in checkpoint.get("bpttlab", {}).items():
             setattr(self, key, value)
         load_truncation(self, checkpoint)
+
+
+def chunked_metric_sums(model: RecurrentNet, task: Task, batch: Batch) -> Tensor:
+    """The task's ``metric_sums`` over ``batch``, the model run ``VALIDATION_CHUNK`` steps at a
+    time with its state carried: memory does not grow with the sequence."""
+    sums, state = 0, None
+    for start in range(0, batch.inputs.shape[1], VALIDATION_CHUNK):
+        end = start + VALIDATION_CHUNK
+        outputs, state, _ = model(batch.inputs[:, start:end], state)
+        sums = sums + task.metric_sums(outputs, batch.slice(start, end))
+    return sums
 
 
 @dataclass
