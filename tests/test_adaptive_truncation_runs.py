@@ -53,7 +53,7 @@ def history(run_dir: Path) -> list[dict]:
 
 
 def logged(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     return {key: [(e.step, e.value) for e in events.Scalars(f"bptt/{key}")] for key in LOGGED}
 

@@ -177,7 +177,7 @@ def test_command_line_run_saves_spectra_in_the_run_dir(tmp_path):
     (run_dir,) = (tmp_path / "outputs" / "runs").glob("*/*")
     saved = sorted(p.name for p in (run_dir / "lyapunov").glob("step_*.npz"))
     assert saved == ["step_000000.npz", "step_000002.npz"]
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir))
     events.Reload()
     assert [e.step for e in events.Scalars("lyapunov/layer0/leading")] == [0, 2]
     assert len(events.Scalars("flossing/before_last_loss")) == 1
