@@ -31,10 +31,9 @@ format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 bench: install
-	$(BIN)/python scripts/bench.py
-	$(BIN)/python scripts/bench_cells.py --device cpu --kernels-only --cells rnn,gru,lstm
-	$(BIN)/python scripts/bench_runs.py
-	$(BIN)/python scripts/bench_scalars.py
+	for script in bench bench_cells bench_runs bench_lru_scan bench_scalars bench_lyapunov; do \
+		$(BIN)/python scripts/$$script.py --write-docs docs/benchmarks.md || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
