@@ -67,14 +67,7 @@ class GradientFlow(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not isinstance(pl_module, SequenceModule):
-            raise TypeError(f"GradientFlow needs a bpttlab SequenceModule, not {type(pl_module)}")
-        if not trainer.loggers:
-            raise ValueError(
-                "GradientFlow logs to the Trainer's loggers and this Trainer has none: give it "
-                "one, e.g. Trainer(logger=CSVLogger(save_dir)), or leave GradientFlow out of "
-                "Trainer(callbacks=...)"
-            )
+        require_module_and_logger("GradientFlow", trainer, pl_module)
         self.profile_dir = self.save_dir or fit_log_dir(trainer) / "grad_flow"
 
     @property
@@ -151,6 +144,17 @@ class GradientFlow(L.Callback):
         if reference is not None:
             scalars[f"{FAMILY}/truncation_cosine"] = reference[1]
         return scalars
+
+
+def require_module_and_logger(name: str, trainer: L.Trainer, module: L.LightningModule) -> None:
+    """What a callback that probes a SequenceModule and logs what it finds needs of the fit."""
+    if not isinstance(module, SequenceModule):
+        raise TypeError(f"{name} needs a bpttlab SequenceModule, not {type(module)}")
+    if not trainer.loggers:
+        raise ValueError(
+            f"{name} logs to the Trainer's loggers and this Trainer has none: give it one, e.g. "
+            f"Trainer(logger=CSVLogger(save_dir)), or leave {name} out of Trainer(callbacks=...)"
+        )
 
 
 def fit_log_dir(trainer: L.Trainer) -> Path:

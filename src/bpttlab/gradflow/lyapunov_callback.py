@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from bpttlab import checks
-from bpttlab.gradflow.callback import fit_log_dir, tensorboard_writer
+from bpttlab.gradflow.callback import fit_log_dir, require_module_and_logger, tensorboard_writer
 from bpttlab.gradflow.lyapunov import network_spectra
 from bpttlab.module import SequenceModule
 from bpttlab.module.scalars import log_scalars
@@ -73,13 +73,7 @@ class LyapunovSpectra(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.every_n_steps is None:
             return
-        if not isinstance(pl_module, SequenceModule):
-            raise TypeError(f"LyapunovSpectra needs a SequenceModule, not {type(pl_module)}")
-        if not trainer.loggers:
-            raise ValueError(
-                "LyapunovSpectra logs to the Trainer's loggers and this Trainer has none: give "
-                "it one, e.g. Trainer(logger=CSVLogger(save_dir))"
-            )
+        require_module_and_logger("LyapunovSpectra", trainer, pl_module)
         if self.warmup >= pl_module.task.seq_len:
             raise checks.ConfigError(
                 "warmup",
