@@ -1,6 +1,7 @@
 """The table and figure of ``bptt=auto`` against fixed truncations in docs/results.md, from sweeps
-of ``experiment=truncation_auto``: per task, gap and schedule, over its seeds, the report's
-summary (solved k/n, median step to solve, or the mean final normalised loss), sequences seen,
+of ``experiment=truncation_auto``: per cell, task, gap and schedule, over its seeds, the report's
+summary (solved k/n, median step to solve, or the mean final normalised loss), the final
+accuracy (mean [range]; copy only), sequences seen,
 wall seconds, and the K that auto chose; the figure draws, per auto run, K against the
 optimiser step with, beside it, how far back the full gradient reaches in the full-BPTT run of
 the same seed (``steps_in_past`` x T, from its gradient-flow probes; an auto run's own probes
@@ -13,6 +14,7 @@ see its truncated gradient).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from pathlib import Path
 
@@ -59,9 +61,11 @@ def rows(groups) -> list[list[str]]:
         ks = [k for run in done for _, k in chosen(run)]
         table.append(
             [
+                first.hparams["cell"],
                 task_of(first),
                 SCHEDULES.get(truncation, str(truncation)),
                 group.summary()["summary"],
+                accuracy(done),
                 spread([r.number("sequences") for r in done], ".0f"),
                 spread([r.number("wall_seconds") for r in done], ".1f"),
                 spread(ks, ".0f") + f" (last: {spread([chosen(r)[-1][1] for r in done], '.0f')})"
@@ -72,16 +76,37 @@ def rows(groups) -> list[list[str]]:
     return table
 
 
+def accuracy(runs) -> str:
+    """Mean final validation accuracy of ``runs`` with its range ("" for tasks without one)."""
+    values = [r.number("val_accuracy") for r in runs]
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return ""
+    return f"{statistics.fmean(values):.2f} [{min(values):.2f}-{max(values):.2f}]"
+
+
 def figure(groups, path: Path) -> None:
-    """Per task and gap, each auto seed's K (solid) and, dotted, steps_in_past x T of the
-    full-BPTT run of the same seed: how far back the full gradient reaches at that step."""
+    """A row per cell, a column per task and gap: each auto seed's K (solid) and, dotted,
+    steps_in_past x T of the full-BPTT run of the same seed: how far back the full gradient
+    reaches at that step."""
     autos = [g for g in groups if g.first.config.get("bptt.truncation") == "auto"]
-    fulls = {task_of(g.first): g for g in groups if g.first.config.get("bptt.truncation") is None}
+    fulls = {where(g.first): g for g in groups if g.first.config.get("bptt.truncation") is None}
     if not autos:
         return
-    fig, axes = plt.subplots(1, len(autos), figsize=(4.2 * len(autos), 3.2), squeeze=False)
-    for ax, group in zip(axes[0], autos, strict=True):
-        full = fulls.get(task_of(group.first))
+    cells = sorted({g.first.hparams["cell"] for g in autos})
+    tasks = sorted(
+        {task_of(g.first) for g in autos}, key=lambda t: (t.split()[0], int(t.split()[1]))
+    )
+    fig, axes = plt.subplots(
+        len(cells), len(tasks), figsize=(3.4 * len(tasks), 2.8 * len(cells)), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for group in autos:
+        cell, task = where(group.first)
+        ax = axes[cells.index(cell)][tasks.index(task)]
+        ax.set_visible(True)
+        full = fulls.get((cell, task))
         full_runs = {r.seed: r for r in full.finished} if full else {}
         for i, run in enumerate(group.finished):
             steps, ks = zip(*chosen(run), strict=True)
@@ -89,11 +114,12 @@ def figure(groups, path: Path) -> None:
             if run.seed in full_runs and reach(full_runs[run.seed]):
                 probe_steps, past = zip(*reach(full_runs[run.seed]), strict=True)
                 ax.plot(probe_steps, past, ":", marker=".", color=f"C{i}")
-        ax.set_title(task_of(group.first))
+        ax.set_title(f"{cell}, {task}")
         ax.set_xlabel("optimiser step")
         ax.set_ylabel("timesteps")
-    axes[0][0].plot([], [], ":", color="grey", label="full BPTT: steps_in_past x T")
-    axes[0][0].legend(fontsize=7)
+    legend_ax = next(ax for ax in axes.flat if ax.get_visible())
+    legend_ax.plot([], [], ":", color="grey", label="full BPTT: steps_in_past x T")
+    legend_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -102,13 +128,28 @@ def task_of(run) -> str:
     return f"{run.hparams['task']} {run.config['task.gap']}"
 
 
+def where(run) -> tuple[str, str]:
+    """(cell, task and gap) of ``run``."""
+    return run.hparams["cell"], task_of(run)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweeps", type=Path, nargs="+")
     parser.add_argument("--figure", type=Path)
     args = parser.parse_args(argv)
-    groups = group_runs([run for sweep in args.sweeps for run in read_runs(sweep)])
-    header = ["task", "schedule", "solved (steps)", "sequences", "wall s", "K chosen"]
+    runs = [run for sweep in args.sweeps for run in read_runs(sweep)]
+    groups = [g for g in group_runs(runs) if g.finished]
+    header = [
+        "cell",
+        "task",
+        "schedule",
+        "solved (steps)",
+        "accuracy",
+        "sequences",
+        "wall s",
+        "K chosen",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows(groups):
