@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 
 from bpttlab.analysis import stats
 from bpttlab.analysis.sweep import Group, group_runs, read_runs, value, varying
+from bpttlab.gradflow.figures import readable_log_axis
 
 
 def accuracy(group: Group) -> tuple[float, float]:
@@ -30,6 +31,18 @@ def accuracy(group: Group) -> tuple[float, float]:
     values = [r.number("val_accuracy") for r in group.finished]
     values = [v for v in values if math.isfinite(v)]
     return stats.mean_interval(values) if values else (math.nan, math.nan)
+
+
+def telling(groups: list[Group]) -> list[str]:
+    """The settings that tell the groups apart, less those that follow from the others (a
+    cell's ``init`` when the cells differ)."""
+    names = varying(groups)
+    for name in reversed(list(names)):
+        rest = [n for n in names if n != name]
+        labels = {tuple(str(value(g.first, n)) for n in rest) for g in groups}
+        if rest and len(labels) == len(groups):
+            names = rest
+    return names
 
 
 def rows(groups: list[Group], names: list[str]) -> list[list[str]]:
@@ -87,6 +100,7 @@ def figure(groups: list[Group], names: list[str], x: str, path: Path) -> None:
     accuracy_ax.set(ylabel="final accuracy (mean, t 95 %)", ylim=(-0.03, 1.03))
     for ax in (rate_ax, accuracy_ax):
         ax.set_xscale("log")
+        readable_log_axis(ax.xaxis)
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
     accuracy_ax.legend(fontsize=8)
@@ -109,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(
             f"accuracy_table: no finished run under {', '.join(map(str, args.sweeps))}"
         )
-    names = varying(groups)
+    names = telling(groups)
     if args.x and args.x not in names:
         raise SystemExit(
             f"accuracy_table: --x {args.x} does not vary here; the groups vary in {names}"

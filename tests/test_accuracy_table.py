@@ -80,3 +80,15 @@ def test_figure_draws_each_rate_at_its_learning_rate(sweep, tmp_path, monkeypatc
 def test_an_x_that_does_not_vary_is_refused(sweep, monkeypatch):
     with pytest.raises(SystemExit, match="--x cell does not vary here"):
         run_script(str(sweep), "--x", "cell", "--figure", "f.png", monkeypatch=monkeypatch)
+
+
+def test_a_setting_that_follows_from_another_is_not_a_column(sweep, monkeypatch, capsys):
+    """A GRU beside the LSTM, its init written as a GRU's: init follows from the cell."""
+    for seed in range(3):
+        run = write_run(sweep, f"gru_s{seed}", unsolved(0.9) | {"val_accuracy": 0.2}, seed)
+        config = (run / "config.yaml").read_text().replace("kind: lstm", "kind: gru")
+        (run / "config.yaml").write_text(
+            config.replace("init: default", "init: chrono") + "optim:\n  lr: 0.01\n"
+        )
+    run_script(str(sweep), monkeypatch=monkeypatch)
+    assert capsys.readouterr().out.startswith("| cell | lr | solved")
