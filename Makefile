@@ -1,5 +1,6 @@
 # make train: set up .venv if needed and run the default experiment (ARGS="key=value ..." for overrides)
-# make test:  set up .venv if needed and run the whole test suite (one worker per core)
+# make test:  set up .venv if needed and run the whole test suite (one worker per core, each
+#             taking whole modules, slow ones first: tests/conftest.py)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,7 +20,7 @@ train: install
 	$(BIN)/bpttlab-train $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

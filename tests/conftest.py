@@ -160,3 +160,12 @@ def signal_after_first_checkpoint(
     process.send_signal(sig)
     stdout, stderr = process.communicate(timeout=120)
     return process.returncode, stdout, stderr
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules with slow tests first, each in its own order, then the others: ``make test``
+    hands whole modules to its workers (``--dist loadfile``, so that a module-scoped fixture,
+    a sweep or every documented command, is made once), the long ones while the workers are
+    fresh, the quick ones to fill their last minutes so that both finish together."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_modules)

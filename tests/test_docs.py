@@ -1,8 +1,8 @@
 """The documentation is tested: every fenced block of README.md and docs/*.md runs, scaled down
 (docs/configuration.md against conf/: test_configuration_reference.py).
 
-A ``python`` block runs in a subprocess in a tmp dir. Every line of a ``bash`` block runs, in one
-subprocess for all blocks (``bpttlab-train`` and ``bpttlab-report`` called as their console scripts
+A ``python`` block runs as a script (``__main__``) in a tmp dir, in one subprocess for all
+blocks. Every line of a ``bash`` block runs, in one subprocess for all blocks (``bpttlab-train`` and ``bpttlab-report`` called as their console scripts
 are, one after another), ``bpttlab-train`` with ``SMALL`` settings, one seed, each other swept
 list cut to its first two values, and joblib's one job in-process (no workers to start); a
 ``<placeholder>`` path becomes the newest run or sweep dir. A
@@ -20,6 +20,7 @@ import runpy
 import shlex
 import subprocess
 import sys
+import traceback
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,11 +182,18 @@ def call(argv: list[str]) -> int:
             from bpttlab.analysis.report import main
 
             main()
-        else:
-            sys.argv = args
-            runpy.run_path(str(ROOT / args[0]), run_name="__main__")
+        else:  # as ``python script``: the script's folder first on the import path
+            script = ROOT / args[0]
+            sys.argv, sys.path[:0] = args, [str(script.parent)]
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            finally:
+                sys.path.remove(str(script.parent))
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    except Exception:  # as the interpreter does: the traceback on stderr, exit status 1
+        traceback.print_exc()
+        return 1
     finally:
         GlobalHydra.instance().clear()
     return 0
@@ -229,19 +237,24 @@ def bash_results(tmp_path_factory) -> dict[str, list[dict]]:
     return {str(b): results for b, results in zip(blocks, drive(jobs), strict=True)}
 
 
+@pytest.fixture(scope="module")
+def python_results(tmp_path_factory) -> dict[str, dict]:
+    """What every runnable python block did as a script, each in a tmp dir of its own."""
+    blocks, jobs = runnable("python"), []
+    for block in blocks:
+        script = tmp_path_factory.mktemp("block") / "block.py"
+        script.write_text(block.text)
+        jobs.append(
+            {"cwd": str(script.parent), "argvs": [["python", str(script)]], "keep_going": False}
+        )
+    return {str(b): results for b, (results,) in zip(blocks, drive(jobs), strict=True)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("block", runnable("python"), ids=str)
-def test_python_block_runs(block: Block, tmp_path: Path):
-    (tmp_path / "block.py").write_text(block.text)
-    done = subprocess.run(
-        [sys.executable, "block.py"],
-        cwd=tmp_path,
-        env=ONE_THREAD,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, f"{block}:\n{done.stderr[-3000:]}"
+def test_python_block_runs(block: Block, python_results: dict[str, dict]):
+    done = python_results[str(block)]
+    assert done["code"] == 0, f"{block}:\n{done['err'][-3000:]}"
 
 
 @pytest.mark.slow

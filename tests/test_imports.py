@@ -1,6 +1,7 @@
 """``imports=[...]``: the worked example of docs/extending.md (its cell module written into a
 tmp dir, its commands run there as real ``bpttlab-train`` processes, the sweep on two joblib
-workers), a task of the user's own, and the user cell's options checked as bpttlab's own."""
+workers), a task of the user's own, and the user cell's options checked as bpttlab's own (the
+refused command lines one after another in one fresh interpreter, as test_docs drives them)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_docs import ROOT, fenced_blocks, scaled
+from test_docs import ROOT, drive, fenced_blocks, scaled
 
 CLI = str(Path(sys.executable).parent / "bpttlab-train")
 EXAMPLE = ROOT / "docs" / "extending.md"
@@ -107,12 +108,13 @@ def test_a_task_of_your_own_and_the_options_of_your_cell(tmp_path):
         "cell.leak=1.5": "cell: cannot be built from this config: leak=1.5 is invalid",
         "cell.leek=0.3": "is invalid: cell.leek accepts nothing: there is no such key",
     }
-    for line, message in refused.items():
-        done = cli([*chosen, *small, line], tmp_path)
-        assert done.returncode == 2, done.stderr[-3000:]
-        (only,) = done.stderr.strip().splitlines()
+    without = ["bpttlab-train", "cell=leaky", *small]  # not imported: not a choice; run first
+    argvs = [without, *(["bpttlab-train", *chosen, *small, line] for line in refused)]
+    (done,) = drive([{"cwd": str(tmp_path), "argvs": argvs, "keep_going": True}])
+    assert done[0]["code"] == 2
+    assert "cell='leaky' is invalid: cell accepts one of" in done[0]["err"]
+    for message, result in zip(refused.values(), done[1:], strict=True):
+        assert result["code"] == 2, result["err"][-3000:]
+        (only,) = result["err"].strip().splitlines()
         assert only.startswith("bpttlab-train: error: ") and message in only
-    without = cli(["cell=leaky", *small], tmp_path)  # not imported: not a choice
-    assert without.returncode == 2
-    assert "cell='leaky' is invalid: cell accepts one of" in without.stderr
     assert not (tmp_path / "outputs").exists()

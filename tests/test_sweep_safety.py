@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_docs import drive
 
 from bpttlab.analysis.report import report
 from bpttlab.analysis.sweep import group_runs, read_runs
@@ -43,6 +44,14 @@ def printed(cwd: Path) -> str:
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def run_one_after_another(argvs: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """``bpttlab-train`` with each of ``argvs``, one after another in one fresh interpreter
+    (test_docs' driver: one start-up for all)."""
+    job = {"cwd": str(cwd), "argvs": [[Path(CLI).name, *a] for a in argvs], "keep_going": True}
+    (done,) = drive([job])
+    return [subprocess.CompletedProcess(r["argv"], r["code"], r["out"], r["err"]) for r in done]
 
 
 def wait_for(sweep: Path, pattern: str, process: subprocess.Popen) -> Path:
@@ -83,9 +92,14 @@ def test_a_second_sweep_into_a_sweep_dir_is_refused_before_it_writes(tmp_path):
     job = wait_for(sweep, "0_*/config.yaml", first).parent  # job 0 is training
     record = {p: p.read_bytes() for p in [sweep / "multirun.yaml", *job.glob(".hydra/*")]}
     assert len(record) == 4
-    second = run(["-m", *S, "seed=2,3", f"hydra.sweep.dir={sweep}"], tmp_path)
+    second, resumed = run_one_after_another(
+        [
+            ["-m", *S, "seed=2,3", f"hydra.sweep.dir={sweep}"],
+            ["-m", *S, "seed=0,1", f"hydra.sweep.dir={sweep}", "resume=true"],
+        ],
+        tmp_path,
+    )
     refused(second, "hydra.sweep.dir", f"pid {first.pid} is running there")
-    resumed = run(["-m", *S, "seed=0,1", f"hydra.sweep.dir={sweep}", "resume=true"], tmp_path)
     refused(resumed, "hydra.sweep.dir", f"pid {first.pid} is running there")
     assert {p: p.read_bytes() for p in record} == record
     assert sorted(p.name for p in sweep.iterdir()) == [".lock", job.name, "multirun.yaml"]
